@@ -1,0 +1,21 @@
+"""Rendering helpers shared by the subcommands: JSON for machines, rich for people."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import msgspec
+from rich.console import Console
+
+
+def emit_json(value: Any) -> None:
+    """Write `value` (msgspec Structs, dataclasses, dicts) as indented JSON on stdout."""
+    raw = msgspec.json.encode(value, order="sorted")
+    sys.stdout.write(msgspec.json.format(raw, indent=2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def console() -> Console:
+    """A console on stdout; no colour codes when stdout is not a terminal."""
+    return Console(highlight=False, soft_wrap=False)

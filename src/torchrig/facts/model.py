@@ -1,0 +1,245 @@
+"""The facts snapshot: what a machine is, as plain, JSON-serialisable data.
+
+`facts` collects it once; `doctor` and `envlock` judge it with pure functions. A
+snapshot taken on a GPU node (or written by hand) can be judged anywhere. Every
+field that could not be collected is `None` (or an empty list) and, where the
+reason matters, the reason is kept in an `*_error` field: collecting never raises.
+
+Bump `SCHEMA_VERSION` on any incompatible change; `load_snapshot` refuses other
+schema versions with a clear message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from torchrig.errors import SnapshotError
+
+SCHEMA_VERSION = 1
+
+
+class _Fact(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Base of every snapshot record: immutable, keyword-only."""
+
+
+class OsFacts(_Fact):
+    system: str  # platform.system(): "Linux", "Darwin", "Windows"
+    release: str  # kernel release
+    machine: str  # "x86_64", "aarch64"
+    distro: str | None = None  # PRETTY_NAME from /etc/os-release
+    libc: str | None = None  # "glibc 2.36"
+
+
+class PythonFacts(_Fact):
+    version: str  # "3.11.7"
+    implementation: str  # "CPython"
+    executable: str
+
+
+class TorchFacts(_Fact):
+    """What the installed torch build is and what it says about CUDA."""
+
+    version: str  # torch.__version__, e.g. "2.9.1+cu128"
+    location: str | None = None  # directory of the torch package
+    cuda: str | None = None  # torch.version.cuda, "12.8"; None for a CPU or ROCm build
+    hip: str | None = None  # torch.version.hip
+    git_version: str | None = None
+    debug: bool = False
+    cxx11_abi: bool | None = None
+    arch_list: list[str] = []  # torch.cuda.get_arch_list(): ["sm_80", "sm_90", "compute_90"]
+    cudnn_version: int | None = None  # runtime, torch.backends.cudnn.version(): 91002
+    cudnn_compile_version: int | None = None  # what the build was compiled against
+    nccl_version: str | None = None  # "2.27.5"
+    build_flags: dict[str, str] = {}  # USE_CUDNN, USE_NCCL, USE_FLASH_ATTENTION, ... from
+    # torch.__config__.show(); values as printed ("ON"/"OFF"/"1"/...)
+    flash_attention_available: bool | None = None  # torch.backends.cuda.is_flash_attention_available()
+    cuda_available: bool | None = None  # torch.cuda.is_available()
+    device_count: int | None = None  # torch.cuda.device_count()
+    cuda_init_error: str | None = None  # the message torch.cuda.init() raised, if any
+    num_threads: int | None = None  # torch.get_num_threads()
+
+
+class GpuFacts(_Fact):
+    """One physical GPU as NVML (or, failing that, torch) sees it."""
+
+    index: int
+    name: str  # "NVIDIA H100 80GB HBM3"
+    uuid: str | None = None
+    compute_capability: str | None = None  # "9.0"
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    pci_bus_id: str | None = None
+    mig_enabled: bool | None = None
+    mig_devices: int | None = None  # MIG instances created on this GPU
+    persistence_mode: bool | None = None
+    ecc_enabled: bool | None = None
+    ecc_uncorrected_volatile: int | None = None
+    retired_pages_pending: bool | None = None
+    remapped_rows_pending: bool | None = None
+    remapped_rows_failure: bool | None = None
+    source: str = "nvml"  # "nvml" or "torch"
+
+
+class DriverFacts(_Fact):
+    version: str | None = None  # "570.86.15"
+    cuda_version: str | None = None  # highest CUDA the driver supports, "12.8"
+    nvml_version: str | None = None
+    source: str = "nvml"  # "nvml" or "proc" (/proc/driver/nvidia/version)
+
+
+class LoadedLibrary(_Fact):
+    """A CUDA-stack shared library mapped into the collecting process."""
+
+    name: str  # family: "libcudnn", "libnccl", "libcublas", "libcublasLt",
+    # "libnvJitLink", "libcudart", "libcuda", "libcusparse", "libcufft", ...
+    path: str  # the real path of the mapped file
+    version: str | None = None  # from the file name, "9.10.2" or "9" when only the major shows
+    from_wheel: bool = False  # under site-packages (nvidia/* wheels or torch/lib)
+
+
+class CandidateLibrary(_Fact):
+    """A CUDA-stack library found in an LD_LIBRARY_PATH directory (it could shadow)."""
+
+    name: str
+    path: str
+    ld_library_path_entry: str
+
+
+class CgroupFacts(_Fact):
+    version: int | None = None  # 1 or 2
+    memory_limit_bytes: int | None = None  # None: unlimited or unknown
+    cpu_quota_cores: float | None = None  # cpu.max quota/period; None: unlimited
+
+
+class ShmFacts(_Fact):
+    path: str = "/dev/shm"
+    total_bytes: int | None = None
+    free_bytes: int | None = None
+
+
+class ContainerFacts(_Fact):
+    in_container: bool = False
+    runtime: str | None = None  # "docker", "podman", "kubernetes", "containerd", ...
+    gpu_requested: bool = False  # the container asked for GPUs (NVIDIA_VISIBLE_DEVICES etc.)
+    gpu_request_hint: str | None = None  # what made us think so
+    device_nodes: list[str] = []  # /dev/nvidia* present
+
+
+class KernelProbe(_Fact):
+    """`--deep`: a real kernel launch and a matmul checked against the CPU on one device."""
+
+    device: str  # "cuda:0" or "cpu"
+    ok: bool
+    kernel_ms: float | None = None
+    matmul_max_rel_error: float | None = None
+    error: str | None = None
+
+
+class SdpaBackendProbe(_Fact):
+    backend: str  # "flash", "efficient", "cudnn", "math"
+    ok: bool
+    median_ms: float | None = None
+    error: str | None = None
+
+
+class SdpaProbe(_Fact):
+    """`--deep`: which scaled_dot_product_attention backends run, and how fast."""
+
+    device: str
+    dtype: str  # "bfloat16"
+    shape: list[int]  # [batch, heads, seq_len, head_dim]
+    causal: bool = True
+    backends: list[SdpaBackendProbe] = []
+    error: str | None = None
+
+
+class AllReduceProbe(_Fact):
+    """`--deep`: a collective across local devices (NCCL on GPUs, gloo on CPU)."""
+
+    backend: str  # "nccl" or "gloo"
+    world_size: int
+    ok: bool
+    size_bytes: int | None = None
+    median_ms: float | None = None
+    bus_bandwidth_gbps: float | None = None
+    error: str | None = None
+
+
+class ProbeFacts(_Fact):
+    kernels: list[KernelProbe] = []
+    sdpa: list[SdpaProbe] = []
+    allreduce: AllReduceProbe | None = None
+    error: str | None = None  # the probe process itself failed (crash, timeout)
+    duration_s: float | None = None
+
+
+class Snapshot(_Fact):
+    """Everything the checks need to know about one machine or container."""
+
+    schema_version: int = SCHEMA_VERSION
+    taken_at: str  # ISO 8601, UTC
+    hostname: str | None = None
+    os: OsFacts
+    python: PythonFacts
+    torch: TorchFacts | None = None
+    torch_error: str | None = None  # why torch is None ("not installed", import error)
+    driver: DriverFacts | None = None
+    nvml_error: str | None = None  # why NVML could not be used
+    gpus: list[GpuFacts] = []
+    libraries: list[LoadedLibrary] = []
+    library_candidates: list[CandidateLibrary] = []
+    cgroup: CgroupFacts = CgroupFacts()
+    host_memory_bytes: int | None = None
+    cpu_count: int | None = None
+    shm: ShmFacts | None = None
+    container: ContainerFacts = ContainerFacts()
+    env: dict[str, str] = {}  # only whitelisted variable names, never secrets
+    probes: ProbeFacts | None = None  # only with --deep
+
+
+def snapshot_to_json(snapshot: Snapshot) -> bytes:
+    """Stable, diff-friendly JSON: sorted keys, two-space indent, trailing newline."""
+    raw = msgspec.json.encode(snapshot, order="sorted")
+    return msgspec.json.format(raw, indent=2) + b"\n"
+
+
+def snapshot_from_json(data: bytes | str, *, origin: str = "snapshot") -> Snapshot:
+    """Parse and validate a snapshot; every defect becomes a `SnapshotError` naming the fix."""
+    try:
+        head = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise SnapshotError(
+            f"{origin} is not valid JSON ({exc}); it may be truncated. "
+            "Take a new one with `torchrig env snapshot -o FILE`."
+        ) from None
+    if not isinstance(head, dict):
+        raise SnapshotError(
+            f"{origin} is not a torchrig snapshot (a JSON object is expected). "
+            "Take one with `torchrig env snapshot -o FILE`."
+        )
+    version = head.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SnapshotError(
+            f"{origin} has schema_version {version!r}; this torchrig reads schema "
+            f"{SCHEMA_VERSION}. Take the snapshot again with this torchrig version."
+        )
+    try:
+        return msgspec.convert(head, type=Snapshot)
+    except msgspec.ValidationError as exc:
+        raise SnapshotError(
+            f"{origin} does not match the snapshot schema: {exc}. "
+            "Fix that field or take a new snapshot."
+        ) from None
+
+
+def load_snapshot(path: Path) -> Snapshot:
+    """Read a snapshot file, with clear errors for a missing or unreadable file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SnapshotError(f"snapshot file {path} does not exist.") from None
+    except OSError as exc:
+        raise SnapshotError(f"cannot read snapshot file {path}: {exc.strerror}.") from None
+    return snapshot_from_json(data, origin=str(path))
