@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
 import click
 
@@ -58,10 +57,10 @@ def cli() -> None:
     """torchrig: the PyTorch-CUDA runtime platform teams trust."""
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; a `TorchrigError` prints its message and exits with its code."""
     try:
-        return cli.main(args=argv, prog_name="torchrig", standalone_mode=False)
+        outcome = cli.main(args=argv, prog_name="torchrig", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -73,3 +72,5 @@ def main(argv: list[str] | None = None) -> Any:
     except TorchrigError as exc:
         click.echo(f"Error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
+    # without standalone mode click returns ctx.exit()'s code instead of exiting
+    sys.exit(outcome if isinstance(outcome, int) else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -17,5 +18,6 @@ def emit_json(value: Any) -> None:
 
 
 def console() -> Console:
-    """A console on stdout; no colour codes when stdout is not a terminal."""
-    return Console(highlight=False, soft_wrap=False)
+    """A console on stdout; no colour codes and 120 columns when stdout is not a terminal."""
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(highlight=False, soft_wrap=False, width=width)
