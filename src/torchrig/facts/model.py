@@ -24,7 +24,7 @@ class _Fact(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Fal
     """Base of every snapshot record: immutable, keyword-only."""
 
 
-class OsFacts(_Fact):
+class OsFacts(_Fact, frozen=True, kw_only=True):
     system: str  # platform.system(): "Linux", "Darwin", "Windows"
     release: str  # kernel release
     machine: str  # "x86_64", "aarch64"
@@ -32,13 +32,13 @@ class OsFacts(_Fact):
     libc: str | None = None  # "glibc 2.36"
 
 
-class PythonFacts(_Fact):
+class PythonFacts(_Fact, frozen=True, kw_only=True):
     version: str  # "3.11.7"
     implementation: str  # "CPython"
     executable: str
 
 
-class TorchFacts(_Fact):
+class TorchFacts(_Fact, frozen=True, kw_only=True):
     """What the installed torch build is and what it says about CUDA."""
 
     version: str  # torch.__version__, e.g. "2.9.1+cu128"
@@ -51,17 +51,19 @@ class TorchFacts(_Fact):
     arch_list: list[str] = []  # torch.cuda.get_arch_list(): ["sm_80", "sm_90", "compute_90"]
     cudnn_version: int | None = None  # runtime, torch.backends.cudnn.version(): 91002
     cudnn_compile_version: int | None = None  # what the build was compiled against
+    cudnn_error: str | None = None  # what torch.backends.cudnn.version() raised (mismatch)
     nccl_version: str | None = None  # "2.27.5"
     build_flags: dict[str, str] = {}  # USE_CUDNN, USE_NCCL, USE_FLASH_ATTENTION, ... from
     # torch.__config__.show(); values as printed ("ON"/"OFF"/"1"/...)
-    flash_attention_available: bool | None = None  # torch.backends.cuda.is_flash_attention_available()
+    # torch.backends.cuda.is_flash_attention_available()
+    flash_attention_available: bool | None = None
     cuda_available: bool | None = None  # torch.cuda.is_available()
     device_count: int | None = None  # torch.cuda.device_count()
     cuda_init_error: str | None = None  # the message torch.cuda.init() raised, if any
     num_threads: int | None = None  # torch.get_num_threads()
 
 
-class GpuFacts(_Fact):
+class GpuFacts(_Fact, frozen=True, kw_only=True):
     """One physical GPU as NVML (or, failing that, torch) sees it."""
 
     index: int
@@ -82,14 +84,14 @@ class GpuFacts(_Fact):
     source: str = "nvml"  # "nvml" or "torch"
 
 
-class DriverFacts(_Fact):
+class DriverFacts(_Fact, frozen=True, kw_only=True):
     version: str | None = None  # "570.86.15"
     cuda_version: str | None = None  # highest CUDA the driver supports, "12.8"
     nvml_version: str | None = None
     source: str = "nvml"  # "nvml" or "proc" (/proc/driver/nvidia/version)
 
 
-class LoadedLibrary(_Fact):
+class LoadedLibrary(_Fact, frozen=True, kw_only=True):
     """A CUDA-stack shared library mapped into the collecting process."""
 
     name: str  # family: "libcudnn", "libnccl", "libcublas", "libcublasLt",
@@ -99,7 +101,7 @@ class LoadedLibrary(_Fact):
     from_wheel: bool = False  # under site-packages (nvidia/* wheels or torch/lib)
 
 
-class CandidateLibrary(_Fact):
+class CandidateLibrary(_Fact, frozen=True, kw_only=True):
     """A CUDA-stack library found in an LD_LIBRARY_PATH directory (it could shadow)."""
 
     name: str
@@ -107,19 +109,19 @@ class CandidateLibrary(_Fact):
     ld_library_path_entry: str
 
 
-class CgroupFacts(_Fact):
+class CgroupFacts(_Fact, frozen=True, kw_only=True):
     version: int | None = None  # 1 or 2
     memory_limit_bytes: int | None = None  # None: unlimited or unknown
     cpu_quota_cores: float | None = None  # cpu.max quota/period; None: unlimited
 
 
-class ShmFacts(_Fact):
+class ShmFacts(_Fact, frozen=True, kw_only=True):
     path: str = "/dev/shm"
     total_bytes: int | None = None
     free_bytes: int | None = None
 
 
-class ContainerFacts(_Fact):
+class ContainerFacts(_Fact, frozen=True, kw_only=True):
     in_container: bool = False
     runtime: str | None = None  # "docker", "podman", "kubernetes", "containerd", ...
     gpu_requested: bool = False  # the container asked for GPUs (NVIDIA_VISIBLE_DEVICES etc.)
@@ -127,7 +129,7 @@ class ContainerFacts(_Fact):
     device_nodes: list[str] = []  # /dev/nvidia* present
 
 
-class KernelProbe(_Fact):
+class KernelProbe(_Fact, frozen=True, kw_only=True):
     """`--deep`: a real kernel launch and a matmul checked against the CPU on one device."""
 
     device: str  # "cuda:0" or "cpu"
@@ -137,14 +139,14 @@ class KernelProbe(_Fact):
     error: str | None = None
 
 
-class SdpaBackendProbe(_Fact):
+class SdpaBackendProbe(_Fact, frozen=True, kw_only=True):
     backend: str  # "flash", "efficient", "cudnn", "math"
     ok: bool
     median_ms: float | None = None
     error: str | None = None
 
 
-class SdpaProbe(_Fact):
+class SdpaProbe(_Fact, frozen=True, kw_only=True):
     """`--deep`: which scaled_dot_product_attention backends run, and how fast."""
 
     device: str
@@ -155,7 +157,7 @@ class SdpaProbe(_Fact):
     error: str | None = None
 
 
-class AllReduceProbe(_Fact):
+class AllReduceProbe(_Fact, frozen=True, kw_only=True):
     """`--deep`: a collective across local devices (NCCL on GPUs, gloo on CPU)."""
 
     backend: str  # "nccl" or "gloo"
@@ -167,7 +169,7 @@ class AllReduceProbe(_Fact):
     error: str | None = None
 
 
-class ProbeFacts(_Fact):
+class ProbeFacts(_Fact, frozen=True, kw_only=True):
     kernels: list[KernelProbe] = []
     sdpa: list[SdpaProbe] = []
     allreduce: AllReduceProbe | None = None
@@ -175,14 +177,14 @@ class ProbeFacts(_Fact):
     duration_s: float | None = None
 
 
-class Snapshot(_Fact):
+class Snapshot(_Fact, frozen=True, kw_only=True):
     """Everything the checks need to know about one machine or container."""
 
-    schema_version: int = SCHEMA_VERSION
     taken_at: str  # ISO 8601, UTC
-    hostname: str | None = None
     os: OsFacts
     python: PythonFacts
+    schema_version: int = SCHEMA_VERSION
+    hostname: str | None = None
     torch: TorchFacts | None = None
     torch_error: str | None = None  # why torch is None ("not installed", import error)
     driver: DriverFacts | None = None
@@ -212,12 +214,12 @@ def snapshot_from_json(data: bytes | str, *, origin: str = "snapshot") -> Snapsh
     except msgspec.DecodeError as exc:
         raise SnapshotError(
             f"{origin} is not valid JSON ({exc}); it may be truncated. "
-            "Take a new one with `torchrig env snapshot -o FILE`."
+            "Take a new one with `torchrig doctor --save-snapshot FILE`."
         ) from None
     if not isinstance(head, dict):
         raise SnapshotError(
             f"{origin} is not a torchrig snapshot (a JSON object is expected). "
-            "Take one with `torchrig env snapshot -o FILE`."
+            "Take one with `torchrig doctor --save-snapshot FILE`."
         )
     version = head.get("schema_version")
     if version != SCHEMA_VERSION:
