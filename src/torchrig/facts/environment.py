@@ -36,7 +36,7 @@ ENV_WHITELIST: frozenset[str] = frozenset(
 ENV_WHITELIST_PREFIXES: tuple[str, ...] = ("NCCL_",)
 """Prefixes whose variables are kept, unless the name looks like it holds a secret."""
 
-_SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+_SECRET_MARKERS = ("TOKEN", "SECRET", "PASS", "KEY", "CRED", "AUTH")
 
 
 def is_whitelisted(name: str) -> bool:
