@@ -68,13 +68,36 @@ class DoctorSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EnvSettings:
+    """Options of `torchrig env`."""
+
+    deep: bool = dataclasses.field(
+        default=False,
+        metadata=_option(
+            "Include the --deep probe results (which SDPA backends run) in the snapshot."
+        ),
+    )
+    strict: bool = dataclasses.field(
+        default=False,
+        metadata=_option("`env check`: risky differences fail too, not only breaking."),
+    )
+    model_deps: str = dataclasses.field(
+        default="",
+        metadata=_option(
+            "Comma-separated distributions the model's code imports: their changes are risky."
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of torchrig's settings, one section per concern."""
 
     doctor: DoctorSettings = dataclasses.field(default_factory=DoctorSettings)
+    env: EnvSettings = dataclasses.field(default_factory=EnvSettings)
 
 
-SECTIONS: dict[str, type[Any]] = {"doctor": DoctorSettings}
+SECTIONS: dict[str, type[Any]] = {"doctor": DoctorSettings, "env": EnvSettings}
 
 
 def _field_type(cls: type[Any], name: str) -> type[Any]:
@@ -171,8 +194,8 @@ def load_settings(
     return Settings(**sections)
 
 
-def settings_options(section: str) -> Callable[[F], F]:
-    """Click decorator adding one flag per field of a settings section.
+def settings_options(section: str, only: tuple[str, ...] | None = None) -> Callable[[F], F]:
+    """Click decorator adding one flag per field of a settings section (or the `only` ones).
 
     Flags default to `None` so that `load_settings` can tell "not given" from a value.
     """
@@ -180,6 +203,8 @@ def settings_options(section: str) -> Callable[[F], F]:
 
     def decorate(func: F) -> F:
         for field in reversed(dataclasses.fields(cls)):
+            if only is not None and field.name not in only:
+                continue
             flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
             env = _env_name(section, field.name)
             help_text = f"{field.metadata.get('help', '')} [env {env}; default {field.default}]"

@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "doctor",
         "Prove this machine can run its PyTorch build on its GPUs; name cause and fix.",
     ),
+    "env": (
+        "torchrig.cli.env",
+        "env",
+        "Fingerprint environments (snapshot) and judge the drift between two (diff, check).",
+    ),
     "compat": (
         "torchrig.cli.compat",
         "compat",

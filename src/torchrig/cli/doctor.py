@@ -25,7 +25,8 @@ MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
     "--from",
     "from_file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Judge a snapshot taken elsewhere (written by --save-snapshot) instead of this machine.",
+    help="Judge a snapshot taken elsewhere (--save-snapshot, or an `env snapshot` lock) "
+    "instead of this machine.",
 )
 @click.option(
     "--save-snapshot",
@@ -72,9 +73,9 @@ def doctor(
         raise UsageError("--save-snapshot writes a live snapshot; it cannot be used with --from.")
 
     if from_file is not None:
-        from torchrig.facts.model import load_snapshot
+        from torchrig.envlock.model import load_any_snapshot
 
-        snapshot = load_snapshot(from_file)
+        snapshot = load_any_snapshot(from_file)
         source = str(from_file)
     else:
         from torchrig.facts import collect_snapshot

@@ -1,0 +1,99 @@
+"""`torchrig env`: environment locks (fingerprints) and the semantic diff between two.
+
+`take_lock()` fingerprints this environment; `diff(a, b)` says which differences break
+things. `torchrig pack` embeds the same lock into model artifacts, so a server can
+compare the exporting environment with its own at load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torchrig import __version__
+from torchrig.envlock.generic import generic_differences
+from torchrig.envlock.model import (
+    LOCK_KIND,
+    Distribution,
+    EnvLock,
+    load_lock,
+    lock_from_json,
+    lock_to_json,
+    write_lock,
+)
+from torchrig.envlock.report import SEVERITIES, Difference, DiffReport, Severity
+from torchrig.envlock.rules import OWNED_KEYS, lock_rules
+from torchrig.facts.model import Snapshot
+
+__all__ = [
+    "LOCK_KIND",
+    "DiffReport",
+    "Difference",
+    "Distribution",
+    "EnvLock",
+    "Severity",
+    "diff",
+    "load_lock",
+    "lock_from_json",
+    "lock_to_json",
+    "summary",
+    "take_lock",
+    "write_lock",
+]
+
+
+def take_lock(*, deep: bool = False, probe_timeout_s: float = 180.0) -> EnvLock:
+    """Fingerprint the running environment: facts snapshot plus Python distributions."""
+    from torchrig.envlock.packages import collect_packages
+    from torchrig.facts import collect_snapshot
+
+    snapshot = collect_snapshot(deep=deep, probe_timeout_s=probe_timeout_s)
+    return EnvLock(torchrig_version=__version__, snapshot=snapshot, packages=collect_packages())
+
+
+def summary(snapshot: Snapshot) -> str:
+    """One line for people: "torch 2.11.0+cu130 (CUDA 13.0), Python 3.11.7, 1x H100 (sm_90)"."""
+    torch = snapshot.torch
+    if torch is None:
+        parts = ["no torch"]
+    else:
+        parts = [f"torch {torch.version} ({'CUDA ' + torch.cuda if torch.cuda else 'CPU build'})"]
+    parts.append(f"Python {snapshot.python.version}")
+    if snapshot.gpus:
+        names: dict[str, int] = {}
+        for gpu in snapshot.gpus:
+            cc = (
+                f" (sm_{gpu.compute_capability.replace('.', '')})" if gpu.compute_capability else ""
+            )
+            names[f"{gpu.name}{cc}"] = names.get(f"{gpu.name}{cc}", 0) + 1
+        parts.extend(f"{count}x {name}" for name, count in names.items())
+    else:
+        parts.append("no GPU")
+    if snapshot.driver is not None and snapshot.driver.version:
+        parts.append(f"driver {snapshot.driver.version}")
+    return ", ".join(parts)
+
+
+def diff(
+    a: EnvLock,
+    b: EnvLock,
+    *,
+    model_dependencies: Iterable[str] = (),
+    a_origin: str = "A",
+    b_origin: str = "B",
+) -> DiffReport:
+    """The semantic diff of A (reference) and B (candidate), breaking differences first."""
+    found = lock_rules(a, b, model_dependencies)
+    found.extend(generic_differences(a.snapshot, b.snapshot, OWNED_KEYS))
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    found.sort(key=lambda d: order[d.severity])  # stable: rule order within a severity
+    counts = {s: sum(1 for d in found if d.severity == s) for s in SEVERITIES}
+    return DiffReport(
+        a=a_origin,
+        b=b_origin,
+        a_summary=summary(a.snapshot),
+        b_summary=summary(b.snapshot),
+        breaking=counts["breaking"],
+        risky=counts["risky"],
+        info=counts["info"],
+        differences=found,
+    )
