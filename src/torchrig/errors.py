@@ -47,3 +47,74 @@ class UnknownVersionError(TorchrigError):
     """A torch, CUDA or driver version string cannot be parsed."""
 
     status_code = 400
+
+
+class ArtifactError(TorchrigError):
+    """A model artifact is unusable: missing or corrupted file, bad manifest, pickle."""
+
+    status_code = 500
+
+
+class PackError(TorchrigError):
+    """`torchrig pack` cannot turn the module into an artifact (export failed, bad input)."""
+
+    status_code = 400
+
+
+class RepositoryError(TorchrigError):
+    """The model repository or a model's config.toml is invalid or unreachable."""
+
+    status_code = 500
+
+
+class EnvironmentMismatch(TorchrigError):
+    """The artifact was exported in an environment that differs in a breaking way."""
+
+    status_code = 500
+
+
+class ModelNotFound(TorchrigError):
+    """No such model, or no such version of it."""
+
+    status_code = 404
+
+
+class ModelNotReady(TorchrigError):
+    """The model (version) exists but is not loaded and warmed up yet, or failed to load."""
+
+    status_code = 503
+
+
+class InvalidInput(TorchrigError):
+    """A request's inputs do not match the model's signature."""
+
+    status_code = 400
+
+
+class QueueFull(TorchrigError):
+    """The model's request queue is full; retry after `retry_after_s`."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(TorchrigError):
+    """The request's deadline passed before its batch ran."""
+
+    status_code = 504
+
+
+class InferenceFailed(TorchrigError):
+    """The model raised while running a batch; every request of the batch gets this."""
+
+    status_code = 500
+
+
+class VerifyFailed(TorchrigError):
+    """`torchrig verify`: outputs differ from the golden outputs beyond tolerance."""
+
+    status_code = 500
+    exit_code = 1

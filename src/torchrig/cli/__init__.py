@@ -31,6 +31,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "compat",
         "Ask the knowledge base: torch build, CUDA, architectures, driver, GPU.",
     ),
+    "pack": (
+        "torchrig.cli.pack",
+        "pack",
+        "Turn a PyTorch module or TorchScript file into a versioned model artifact.",
+    ),
+    "verify": (
+        "torchrig.cli.verify",
+        "verify",
+        "Replay a model repository's golden examples here; fail past tolerance.",
+    ),
 }
 
 

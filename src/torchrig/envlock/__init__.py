@@ -32,6 +32,7 @@ __all__ = [
     "EnvLock",
     "Severity",
     "diff",
+    "diff_for_load",
     "load_lock",
     "lock_from_json",
     "lock_to_json",
@@ -92,6 +93,34 @@ def diff(
         b=b_origin,
         a_summary=summary(a.snapshot),
         b_summary=summary(b.snapshot),
+        breaking=counts["breaking"],
+        risky=counts["risky"],
+        info=counts["info"],
+        differences=found,
+    )
+
+
+def diff_for_load(exported: EnvLock, running: EnvLock, *, device_specific: bool) -> DiffReport:
+    """The differences that matter when a server loads an artifact exported elsewhere.
+
+    The exporting machine's GPUs, packages and CUDA build do not bind a portable program
+    (torch.export, TorchScript): only Python and torch do. A device-specific artifact
+    (AOTInductor) also needs the same CUDA major and an architecture the build runs.
+    """
+    from torchrig.envlock import rules
+
+    chosen = [rules.python_minor, rules.torch_version]
+    if device_specific:
+        chosen += [rules.cuda_build, rules.gpus]
+    found = [d for rule in chosen for d in rule(exported.snapshot, running.snapshot)]
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    found.sort(key=lambda d: order[d.severity])
+    counts = {s: sum(1 for d in found if d.severity == s) for s in SEVERITIES}
+    return DiffReport(
+        a="exporting environment",
+        b="this server",
+        a_summary=summary(exported.snapshot),
+        b_summary=summary(running.snapshot),
         breaking=counts["breaking"],
         risky=counts["risky"],
         info=counts["info"],

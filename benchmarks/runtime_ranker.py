@@ -1,0 +1,116 @@
+"""The batching runtime against the bare model: rows/s of the demo ranker, in process.
+
+Baseline: the packed program called directly at the batch size the runtime forms (same
+process, same session). Runtime: `ModelRegistry.infer` driven by N concurrent asyncio
+callers, each sending requests of R rows, for D seconds. Median of several runs; the
+ratio is runtime / direct at the runtime's max_batch_size (target >= 0.9 at saturation).
+
+Run: `python benchmarks/runtime_ranker.py [--seconds 2] [--runs 3] [--device cpu]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchrig.demo import build_demo_repository
+from torchrig.packaging import load_program, read_manifest
+from torchrig.repository import Repository
+from torchrig.runtime import ModelRegistry
+
+
+def ranker_inputs(rows: int, seed: int = 0) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "dense": torch.randn(rows, 13, generator=generator),
+        "sparse": torch.randint(0, 1000, (rows, 26), generator=generator),
+    }
+
+
+def direct_rows_per_s(program: Any, rows: int, seconds: float) -> float:
+    inputs = ranker_inputs(rows)
+    with torch.inference_mode():
+        for _ in range(20):
+            program(inputs)
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            program(inputs)
+            done += rows
+    return done / (time.perf_counter() - start)
+
+
+async def runtime_rows_per_s(
+    registry: ModelRegistry, rows: int, callers: int, seconds: float
+) -> tuple[float, float]:
+    inputs = [ranker_inputs(rows, seed) for seed in range(callers)]
+    stop = time.perf_counter() + seconds
+    counted = [0] * callers
+
+    async def caller(i: int) -> None:
+        while time.perf_counter() < stop:
+            await registry.infer("ranker", inputs[i])
+            counted[i] += rows
+
+    served = registry.resolve("ranker")
+    assert served.batcher is not None
+    before = served.batcher.stats()
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    elapsed = time.perf_counter() - start
+    after = served.batcher.stats()
+    batches = after.batches - before.batches
+    mean_batch = (after.rows - before.rows) / batches if batches else 0.0
+    return sum(counted) / elapsed, mean_batch
+
+
+async def measure(args: argparse.Namespace, repo: Path) -> None:
+    registry = ModelRegistry(Repository(repo), device=args.device)
+    await registry.load("ranker")
+    served = registry.resolve("ranker")
+    assert served.batcher is not None
+    max_batch = served.batcher.max_batch_size
+    manifest = read_manifest(repo / "ranker" / "1")
+    program = load_program(repo / "ranker" / "1", manifest, device=args.device)
+    direct = statistics.median(
+        direct_rows_per_s(program, max_batch, args.seconds) for _ in range(args.runs)
+    )
+    print(
+        f"device {args.device}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+        f"max_batch_size {max_batch}; {args.runs} runs of {args.seconds:g} s, median"
+    )
+    print(f"direct program call, batch {max_batch}: {direct:,.0f} rows/s")
+    print(
+        f"{'rows/request':>12} {'callers':>8} {'runtime rows/s':>15} {'mean batch':>11} "
+        f"{'vs direct':>10}"
+    )
+    for rows, callers in ((1, 256), (8, 64), (32, 16), (64, 8)):
+        figures = [
+            await runtime_rows_per_s(registry, rows, callers, args.seconds)
+            for _ in range(args.runs)
+        ]
+        rate = statistics.median(f[0] for f in figures)
+        batch = statistics.median(f[1] for f in figures)
+        print(f"{rows:>12} {callers:>8} {rate:>15,.0f} {batch:>11.1f} {rate / direct:>9.2f}x")
+    await registry.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = build_demo_repository(Path(tmp) / "repo")
+        asyncio.run(measure(args, repo))
+
+
+if __name__ == "__main__":
+    main()

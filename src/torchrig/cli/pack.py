@@ -1,0 +1,187 @@
+"""`torchrig pack MODULE:FACTORY | --torchscript FILE`: publish a model version."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from torchrig.cli.output import console, emit_json
+from torchrig.errors import PackError, UsageError
+
+EXAMPLE = re.compile(
+    r"^(?P<name>[^:]+):(?P<dtype>[A-Za-z0-9]+):(?P<shape>\d+(?:x\d+)*)"
+    r"(?::(?P<low>-?\d+(?:\.\d+)?)-(?P<high>-?\d+(?:\.\d+)?))?$"
+)
+EXAMPLE_FORMAT = "NAME:DTYPE:SHAPE[:LOW-HIGH], e.g. dense:FP32:8x13 or sparse:INT64:8x26:0-999"
+
+
+def import_factory(spec: str) -> Any:
+    """Resolve "pkg.module:attr" like uvicorn does, with a message naming each failure."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f'Import string "{spec}" must be in format "<module>:<attribute>".')
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules beside you import
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
+            raise UsageError(f'Importing module "{module_name}" failed: {exc}.') from None
+        raise UsageError(f'Could not import module "{module_name}".') from None
+    except Exception as exc:  # the user's module raising on import
+        raise UsageError(
+            f'Importing module "{module_name}" raised {type(exc).__name__}: {exc}'
+        ) from None
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(
+                f'Attribute "{attribute}" not found in module "{module_name}".'
+            ) from None
+    return target
+
+
+def parse_example(text: str, generator: Any) -> tuple[str, Any]:
+    """One `--example NAME:DTYPE:SHAPE[:LOW-HIGH]` -> (name, random tensor)."""
+    from torchrig.dtypes import FLOAT_DATATYPES, V2_TO_TORCH, torch_dtype
+    from torchrig.packaging.signature import random_tensor
+
+    match = EXAMPLE.match(text)
+    if match is None:
+        raise UsageError(f"--example {text!r} must be {EXAMPLE_FORMAT}.")
+    datatype = match["dtype"].upper()
+    if datatype not in V2_TO_TORCH:
+        raise UsageError(
+            f"--example {text!r}: datatype {match['dtype']!r} is not one of "
+            f"{', '.join(V2_TO_TORCH)}."
+        )
+    shape = [int(s) for s in match["shape"].split("x")]
+    value_range = (float(match["low"]), float(match["high"])) if match["low"] else None
+    if value_range is None and datatype not in FLOAT_DATATYPES and datatype != "BOOL":
+        raise UsageError(
+            f"--example {text!r}: integer inputs need their valid range LOW-HIGH (e.g. "
+            f"{match['name']}:{datatype}:{match['shape']}:0-999 for a 1000-row embedding)."
+        )
+    if value_range is not None and value_range[0] > value_range[1]:
+        raise UsageError(f"--example {text!r}: LOW must not exceed HIGH.")
+    return match["name"], random_tensor(torch_dtype(datatype), shape, value_range, generator)
+
+
+def _call_factory(spec: str) -> tuple[Any, Any]:
+    factory = import_factory(spec)
+    if not callable(factory):
+        raise UsageError(f'"{spec}" is a {type(factory).__name__}, not a factory function.')
+    try:
+        made = factory()
+    except Exception as exc:  # the user's factory: report, no traceback
+        raise UsageError(f'Factory "{spec}" raised {type(exc).__name__}: {exc}') from None
+    if isinstance(made, tuple) and len(made) == 2:
+        return made[0], made[1]
+    return made, None
+
+
+@click.command("pack")
+@click.argument("factory", required=False, metavar="MODULE:FACTORY")
+@click.option("--torchscript", type=click.Path(path_type=Path), help="Pack this TorchScript file.")
+@click.option("--name", required=True, help="Model name (the directory under the repository).")
+@click.option("--repository", required=True, type=click.Path(path_type=Path), help="Repo root.")
+@click.option("--version", "version", type=int, help="Version number (default: next free).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["torch.export", "aoti", "torchscript"]),
+    default="torch.export",
+    show_default=True,
+    help="Program format.",
+)
+@click.option("--example", "examples", multiple=True, help=f"Example input: {EXAMPLE_FORMAT}.")
+@click.option("--no-dynamic-batch", is_flag=True, help="Fixed shapes: dim 0 is not a batch.")
+@click.option("--max-batch-size", type=int, default=1024, show_default=True)
+@click.option("--golden-examples", type=int, default=3, show_default=True)
+@click.option("--output-name", "output_names", multiple=True, help="Output names, in order.")
+@click.option("--description", default="", help="Free text stored in the manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def pack(
+    *,
+    factory: str | None,
+    torchscript: Path | None,
+    name: str,
+    repository: Path,
+    version: int | None,
+    fmt: str,
+    examples: tuple[str, ...],
+    no_dynamic_batch: bool,
+    max_batch_size: int,
+    golden_examples: int,
+    output_names: tuple[str, ...],
+    description: str,
+    as_json: bool,
+) -> None:
+    """Export a module (MODULE:FACTORY returns a module or (module, example_inputs)) or a
+    TorchScript file into REPOSITORY/NAME/VERSION/ with its manifest and golden examples."""
+    import torch
+
+    from torchrig.packaging import pack as pack_module
+    from torchrig.packaging import pack_torchscript
+
+    if (factory is None) == (torchscript is None):
+        raise UsageError("give either MODULE:FACTORY or --torchscript FILE (exactly one).")
+    generator = torch.Generator().manual_seed(0)
+    given = dict(parse_example(text, generator) for text in examples) if examples else None
+    common: dict[str, Any] = {
+        "name": name,
+        "repository": repository,
+        "version": version,
+        "output_names": list(output_names) or None,
+        "dynamic_batch": not no_dynamic_batch,
+        "max_batch_size": max_batch_size,
+        "golden_examples": golden_examples,
+        "description": description,
+    }
+    started = time.monotonic()
+    if torchscript is not None:
+        if given is None:
+            raise UsageError("--torchscript needs --example for every input (in order).")
+        packed = pack_torchscript(torchscript, tuple(given.values()), **common)
+    else:
+        module, from_factory = _call_factory(str(factory))
+        example_inputs = given if given is not None else from_factory
+        if example_inputs is None:
+            raise PackError(
+                f'"{factory}" returned no example inputs; return (module, example_inputs) '
+                f"from it or give --example {EXAMPLE_FORMAT}."
+            )
+        packed = pack_module(module, example_inputs, format=fmt, **common)  # type: ignore[arg-type]
+    elapsed = time.monotonic() - started
+    manifest = packed.manifest
+    if as_json:
+        emit_json(
+            {
+                "path": str(packed.path),
+                "name": manifest.name,
+                "version": manifest.version,
+                "format": manifest.format,
+                "inputs": manifest.inputs,
+                "outputs": manifest.outputs,
+                "files": manifest.files,
+                "seconds": round(elapsed, 3),
+            }
+        )
+        return
+    out = console()
+    out.print(
+        f"packed {manifest.name} version {manifest.version} ({manifest.format}) at "
+        f"{packed.path} in {elapsed:.1f} s"
+    )
+    for role, tensor_specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in tensor_specs:
+            out.print(f"  {role:6} {spec.name}: {spec.datatype} {spec.shape}")

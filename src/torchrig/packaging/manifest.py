@@ -1,0 +1,102 @@
+"""The artifact manifest: what a model version is, how to load it, and where it came from.
+
+`<repo>/<model>/<version>/manifest.json` describes the program file, its input and output
+signature, every file's checksum, the golden examples, and the exporting environment's
+lock (the same fingerprint `torchrig env` uses). A version is complete only when the
+manifest is present and every file it lists matches its checksum.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from torchrig.envlock.model import EnvLock
+from torchrig.errors import ArtifactError
+
+MANIFEST_KIND = "torchrig-model"
+MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+Format = Literal["torch.export", "aoti", "torchscript"]
+
+
+class TensorSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One named input or output: V2 datatype and shape, -1 for a variable dimension.
+
+    When the model batches, dimension 0 is the batch dimension and is -1.
+    """
+
+    name: str
+    datatype: str  # V2: "FP32", "INT64", "BF16", ... (torchrig.dtypes)
+    shape: list[int]
+
+
+class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
+    path: str  # relative to the version directory, "/"-separated
+    sha256: str
+    size: int
+
+
+class Tolerance(msgspec.Struct, frozen=True, kw_only=True):
+    atol: float
+    rtol: float
+
+
+class GoldenSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Example inputs and the outputs the exporting environment produced for them."""
+
+    file: str  # a torch.save'd dict of tensors, loaded with weights_only=True
+    count: int  # number of examples (each a batch of inputs)
+    device: str  # where the golden outputs were computed: "cpu", "cuda"
+    tolerances: dict[str, Tolerance]  # V2 datatype -> tolerance for outputs of that type
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str = MANIFEST_KIND
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    name: str
+    version: int
+    format: Format
+    program: str  # the program file, relative: "model.pt2", "model.ts"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batching: bool = True  # dimension 0 of every input and output is the batch
+    max_batch_size: int | None = None  # the export's upper bound for the batch dim, if any
+    files: list[FileEntry]  # every file of the version except manifest.json
+    golden: GoldenSpec | None = None
+    environment: EnvLock | None = None  # the exporting environment's lock
+    created_at: str  # ISO 8601 UTC
+    torchrig_version: str
+    description: str = ""
+
+
+def manifest_to_json(manifest: Manifest) -> bytes:
+    raw = msgspec.json.encode(manifest, order="sorted")
+    return msgspec.json.format(raw, indent=2) + b"\n"
+
+
+def manifest_from_json(data: bytes | str, *, origin: str = MANIFEST_FILE) -> Manifest:
+    """Parse and validate a manifest; every defect is an `ArtifactError` naming the file."""
+    try:
+        head = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ArtifactError(
+            f"{origin} is not valid JSON ({exc}); the version may be half-written. "
+            "Copy the version again, or re-pack it with `torchrig pack`."
+        ) from None
+    if not isinstance(head, dict) or head.get("kind") != MANIFEST_KIND:
+        raise ArtifactError(
+            f'{origin} is not a torchrig model manifest (no "kind": "{MANIFEST_KIND}"); '
+            "create the version with `torchrig pack`."
+        )
+    if head.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{origin} has manifest schema_version {head.get('schema_version')!r}; this "
+            f"torchrig reads {MANIFEST_SCHEMA_VERSION}. Re-pack it with this torchrig."
+        )
+    try:
+        return msgspec.convert(head, type=Manifest)
+    except msgspec.ValidationError as exc:
+        raise ArtifactError(f"{origin} does not match the manifest schema: {exc}.") from None

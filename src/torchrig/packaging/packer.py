@@ -1,0 +1,318 @@
+"""`pack`: a module (or a TorchScript file) -> `<repo>/<name>/<version>/`, atomically."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+
+from torchrig import __version__
+from torchrig.envlock.model import EnvLock
+from torchrig.errors import PackError
+from torchrig.packaging.config_toml import write_config_if_absent
+from torchrig.packaging.export import (
+    TORCHSCRIPT_FILE,
+    compile_aoti,
+    export_module,
+    quiet_torch,
+    save_export,
+    script_module,
+    symbolic_dims,
+)
+from torchrig.packaging.files import file_entry, next_version, publish, staging_directory
+from torchrig.packaging.golden import GOLDEN_FILE, make_golden, tolerance_for
+from torchrig.packaging.manifest import Format, GoldenSpec, Manifest, Tolerance
+from torchrig.packaging.signature import (
+    NamedTensors,
+    check_batch,
+    name_inputs,
+    name_outputs,
+    specs,
+)
+from torchrig.repository.config import ModelConfig
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# program writer: staging dir -> (program file, variable dims of inputs, of outputs)
+Writer = Callable[[Path], tuple[str, list[set[int]] | None, list[set[int]] | None]]
+
+
+@dataclass(frozen=True)
+class PackedVersion:
+    """A published version: its directory and its manifest."""
+
+    path: Path
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class _Options:
+    name: str
+    repository: Path
+    version: int | None
+    output_names: list[str] | None
+    dynamic_batch: bool
+    max_batch_size: int
+    golden_examples: int
+    config: ModelConfig | None
+    description: str
+    tolerances: dict[str, Tolerance] | None
+    environment: EnvLock | None
+
+
+def _eager(module: Any, output_names: list[str] | None) -> Callable[[list[Any]], NamedTensors]:
+    def run(tensors: list[Any]) -> NamedTensors:
+        try:
+            with torch.no_grad(), quiet_torch():
+                result = module(*tensors)
+        except Exception as exc:  # the user's model raising: report it, not a traceback
+            raise PackError(
+                f"the module raised on the example inputs: {type(exc).__name__}: {exc}. "
+                "Check the example shapes and dtypes against what forward() expects."
+            ) from None
+        return name_outputs(result, output_names)
+
+    return run
+
+
+def _check_options(options: _Options) -> None:
+    if not NAME.fullmatch(options.name):
+        raise PackError(
+            f"model name {options.name!r} must be letters, digits, '_', '.', '-' and start "
+            "with a letter or digit (it is a directory name and a URL path segment)."
+        )
+    if options.version is not None and options.version < 1:
+        raise PackError(f"version {options.version} must be a positive integer.")
+    if options.max_batch_size < 1:
+        raise PackError(f"max_batch_size {options.max_batch_size} must be >= 1.")
+    if options.golden_examples < 0:
+        raise PackError("golden_examples must be >= 0.")
+
+
+def _write_version(
+    options: _Options, fmt: Format, inputs: NamedTensors, module: Any, writer: Writer
+) -> PackedVersion:
+    _check_options(options)
+    run = _eager(module, options.output_names)
+    outputs = run(inputs.tensors)
+    if options.dynamic_batch:
+        batch = check_batch(inputs, outputs)
+        if batch > options.max_batch_size:
+            raise PackError(
+                f"the example batch ({batch}) exceeds max_batch_size ({options.max_batch_size})."
+            )
+    model_dir = Path(options.repository) / options.name
+    version = options.version if options.version is not None else next_version(model_dir)
+    final = model_dir / str(version)
+    if final.exists():
+        raise PackError(
+            f"{final} already exists; versions are immutable. Pack a new version "
+            "(leave out --version to take the next free number)."
+        )
+    device = str(inputs.tensors[0].device)
+    with staging_directory(model_dir, version) as staging:
+        program, in_dims, out_dims = writer(staging)
+        batch_dims = [{0} for _ in inputs.names] if options.dynamic_batch else None
+        files = [file_entry(staging, program)]
+        golden_spec = None
+        if options.golden_examples:
+            golden = make_golden(
+                run,
+                inputs,
+                count=options.golden_examples,
+                batching=options.dynamic_batch,
+                max_batch_size=options.max_batch_size,
+            )
+            torch.save(golden, str(staging / GOLDEN_FILE))
+            files.append(file_entry(staging, GOLDEN_FILE))
+            datatypes = {spec.datatype for spec in specs(outputs)}
+            golden_spec = GoldenSpec(
+                file=GOLDEN_FILE,
+                count=options.golden_examples,
+                device=device,
+                tolerances={d: tolerance_for(d, options.tolerances) for d in sorted(datatypes)},
+            )
+        if options.dynamic_batch:
+            out_batch = [{0} for _ in outputs.names]
+            in_dims = [
+                a | b for a, b in zip(in_dims or batch_dims or [], batch_dims or [], strict=True)
+            ]
+            out_dims = [a | b for a, b in zip(out_dims or out_batch, out_batch, strict=True)]
+        environment = options.environment
+        if environment is None:
+            from torchrig.envlock import take_lock
+
+            environment = take_lock()
+        manifest = Manifest(
+            name=options.name,
+            version=version,
+            format=fmt,
+            program=program,
+            inputs=specs(inputs, in_dims),
+            outputs=specs(outputs, out_dims),
+            batching=options.dynamic_batch,
+            max_batch_size=options.max_batch_size if options.dynamic_batch else None,
+            files=files,
+            golden=golden_spec,
+            environment=environment,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            torchrig_version=__version__,
+            description=options.description,
+        )
+        if options.config is not None:
+            write_config_if_absent(model_dir, options.config)
+        publish(staging, manifest, final)
+    return PackedVersion(path=final, manifest=manifest)
+
+
+def pack(
+    module: Any,
+    example_inputs: Any,
+    *,
+    name: str,
+    repository: str | Path,
+    version: int | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    format: Format = "torch.export",
+    dynamic_batch: bool = True,
+    max_batch_size: int = 1024,
+    golden_examples: int = 3,
+    config: ModelConfig | None = None,
+    description: str = "",
+    tolerances: dict[str, Tolerance] | None = None,
+    environment: EnvLock | None = None,
+) -> PackedVersion:
+    """Export `module` (in eval mode) and publish it as a new version of model `name`.
+
+    `example_inputs` is a tuple of tensors or a dict name -> tensor; with `dynamic_batch`
+    dim 0 is the batch (give a batch >= 2). `tolerances` overrides the per-datatype golden
+    tolerances; `environment` reuses a lock taken earlier (default: `take_lock()`).
+    """
+    if format not in get_args(Format):
+        raise PackError(f"format {format!r} must be one of {', '.join(get_args(Format))}.")
+    if not isinstance(module, torch.nn.Module):
+        raise PackError(f"pack needs a torch.nn.Module, got a {type(module).__name__}.")
+    inputs = name_inputs(module, example_inputs, input_names)
+    options = _Options(
+        name=name,
+        repository=Path(repository),
+        version=version,
+        output_names=output_names,
+        dynamic_batch=dynamic_batch,
+        max_batch_size=max_batch_size,
+        golden_examples=golden_examples,
+        config=config,
+        description=description,
+        tolerances=tolerances,
+        environment=environment,
+    )
+
+    def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:
+        if format == "torchscript":
+            return script_module(module, staging), None, None
+        exported = export_module(
+            module,
+            tuple(inputs.tensors),
+            inputs.names,
+            dynamic_batch=dynamic_batch,
+            max_batch_size=max_batch_size,
+        )
+        in_dims, out_dims = symbolic_dims(exported)
+        if format == "aoti":
+            return compile_aoti(exported, staging), in_dims, out_dims
+        return save_export(exported, staging), in_dims, out_dims
+
+    was_training = module.training
+    module.eval()
+    try:
+        return _write_version(options, format, inputs, module, writer)
+    finally:
+        module.train(was_training)
+
+
+def _refuse_unless_torchscript(path: Path) -> None:
+    """Tell TorchScript archives from pickles without unpickling anything."""
+    convert = (
+        "In the environment you trust, load the model and convert it: "
+        "torch.export (`torchrig pack module:factory`) or "
+        "torch.jit.script(model).save('model.ts') / torch.jit.trace "
+        "(`torchrig pack --torchscript model.ts`)."
+    )
+    if not path.is_file():
+        raise PackError(f"{path} does not exist or is not a file.")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        has_code = any("/code/" in n or n.startswith("code/") for n in names)
+        has_pickle = any(n.endswith(("/data.pkl", "/constants.pkl")) for n in names)
+        if has_code and has_pickle and any(n.endswith("/version") for n in names):
+            return
+        if has_pickle:
+            raise PackError(
+                f"{path} is a torch.save pickle, not TorchScript: loading it would run "
+                f"arbitrary code from the file, so torchrig refuses it. {convert}"
+            )
+        raise PackError(f"{path} is a zip archive but not TorchScript. {convert}")
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head.startswith(b"\x80"):
+        raise PackError(
+            f"{path} is a Python pickle: loading it would run arbitrary code from the file, "
+            f"so torchrig refuses it. {convert}"
+        )
+    raise PackError(f"{path} is not a TorchScript archive. {convert}")
+
+
+def pack_torchscript(
+    path: str | Path,
+    example_inputs: Any,
+    *,
+    name: str,
+    repository: str | Path,
+    version: int | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    dynamic_batch: bool = True,
+    max_batch_size: int = 1024,
+    golden_examples: int = 3,
+    config: ModelConfig | None = None,
+    description: str = "",
+    tolerances: dict[str, Tolerance] | None = None,
+    environment: EnvLock | None = None,
+) -> PackedVersion:
+    """Publish an existing TorchScript file as a version; pickles are refused unread."""
+    source = Path(path)
+    _refuse_unless_torchscript(source)
+    try:
+        with quiet_torch():
+            module = torch.jit.load(str(source), map_location="cpu")
+    except Exception as exc:  # a damaged archive: TorchScript raises assorted errors
+        raise PackError(f"torch.jit.load cannot read {source}: {exc}".strip() + ".") from None
+    module.eval()
+    inputs = name_inputs(module, example_inputs, input_names)
+    options = _Options(
+        name=name,
+        repository=Path(repository),
+        version=version,
+        output_names=output_names,
+        dynamic_batch=dynamic_batch,
+        max_batch_size=max_batch_size,
+        golden_examples=golden_examples,
+        config=config,
+        description=description,
+        tolerances=tolerances,
+        environment=environment,
+    )
+
+    def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:
+        shutil.copyfile(source, staging / TORCHSCRIPT_FILE)
+        return TORCHSCRIPT_FILE, None, None
+
+    return _write_version(options, "torchscript", inputs, module, writer)

@@ -1,0 +1,104 @@
+"""A model's optional `config.toml`: batching, device, dtype, instances, version policy.
+
+Every key is validated; an error names the file, the key and the fix, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, Literal
+
+import msgspec
+
+from torchrig.errors import RepositoryError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+CONFIG_FILE = "config.toml"
+DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class BatchingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    max_batch_size: int = 64  # rows per batch; 1 turns batching off
+    max_queue_delay_ms: float = 2.0  # how long the first request of a batch may wait
+    preferred_batch_sizes: list[int] = []  # warm-up (and CUDA graph) sizes; default: powers of 2
+    max_queue_size: int = 1024  # requests waiting; beyond it: queue full (503 + Retry-After)
+
+
+class VersionPolicy(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    policy: Literal["latest", "all", "specific"] = "latest"
+    latest: int = 1  # with policy "latest": serve the N highest versions
+    versions: list[int] = []  # with policy "specific"
+
+
+class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    batching: BatchingConfig = BatchingConfig()
+    device: str = "auto"  # "auto" (cuda:0 if available), "cpu", "cuda", "cuda:N"
+    dtype: Literal["fp32", "fp16", "bf16"] | None = None  # None: as exported
+    channels_last: bool | None = None  # None: on for 4-D float inputs on CUDA
+    instances: int = 1  # executor workers (threads) for this model
+    warmup: bool = True  # run every preferred batch size once before ready
+    version_policy: VersionPolicy = VersionPolicy()
+
+
+def _check(config: ModelConfig, origin: str) -> ModelConfig:
+    b = config.batching
+    problems: list[str] = []
+    if b.max_batch_size < 1:
+        problems.append("batching.max_batch_size must be >= 1 (1 turns batching off)")
+    if b.max_queue_delay_ms < 0:
+        problems.append("batching.max_queue_delay_ms must be >= 0")
+    if b.max_queue_size < 1:
+        problems.append("batching.max_queue_size must be >= 1")
+    bad_sizes = [s for s in b.preferred_batch_sizes if not 1 <= s <= b.max_batch_size]
+    if bad_sizes:
+        problems.append(
+            f"batching.preferred_batch_sizes {bad_sizes} must lie in 1..max_batch_size "
+            f"({b.max_batch_size})"
+        )
+    if not DEVICE.match(config.device):
+        problems.append(f'device {config.device!r} must be "auto", "cpu", "cuda" or "cuda:N"')
+    if config.instances < 1:
+        problems.append("instances must be >= 1")
+    policy = config.version_policy
+    if policy.policy == "latest" and policy.latest < 1:
+        problems.append("version_policy.latest must be >= 1")
+    if policy.policy == "specific" and not policy.versions:
+        problems.append('version_policy.versions must list versions when policy = "specific"')
+    if problems:
+        raise RepositoryError(f"{origin}: " + "; ".join(problems) + ".")
+    return config
+
+
+def parse_config(text: str, *, origin: str = CONFIG_FILE) -> ModelConfig:
+    """Parse a config.toml; unknown keys, wrong types and bad values name the key and fix."""
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RepositoryError(f"{origin} is not valid TOML: {exc}.") from None
+    try:
+        config = msgspec.convert(raw, type=ModelConfig)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        hint = ""
+        if message.startswith("Object contains unknown field"):
+            hint = (
+                " Known keys: batching.{max_batch_size, max_queue_delay_ms, "
+                "preferred_batch_sizes, max_queue_size}, device, dtype, channels_last, "
+                "instances, warmup, version_policy.{policy, latest, versions}."
+            )
+        raise RepositoryError(f"{origin}: {message}.{hint}") from None
+    return _check(config, origin)
+
+
+def default_config() -> ModelConfig:
+    return ModelConfig()

@@ -1,0 +1,295 @@
+"""The dynamic batcher: requests gather into batches that fill the device.
+
+Each request owns an asyncio future. Worker threads (one per model instance) take the
+first waiting request, then gather more until `max_batch_size` rows or until
+`max_queue_delay_ms` after the first one arrived, concatenate the inputs once, run the
+executor, split the outputs back by rows and resolve each future on its event loop.
+A failed batch fails every request in it; a full queue refuses at once (503 upstream);
+a request whose deadline passed or whose caller went away is dropped before it takes
+device time. Model work never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torchrig.errors import DeadlineExceeded, InferenceFailed, QueueFull, TorchrigError
+from torchrig.repository.config import BatchingConfig
+
+Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
+
+
+class BatchExecutor(Protocol):
+    """What the batcher drives: one call per batch, inputs and outputs by name."""
+
+    def infer(self, inputs: Mapping[str, Any]) -> Tensors: ...
+
+
+@dataclass
+class _Request:
+    inputs: Mapping[str, Any]
+    rows: int
+    future: asyncio.Future[Tensors]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float  # time.monotonic()
+    deadline: float | None  # time.monotonic() or None
+
+
+# a request and what it gets: its outputs, or the error of its batch
+Outcome = tuple[_Request, "Tensors | None", "BaseException | None"]
+
+
+@dataclass
+class BatcherStats:
+    """Counters a test or a metrics exporter can read (copied under the lock)."""
+
+    batches: int = 0
+    rows: int = 0
+    requests: int = 0
+    failed_batches: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+    queue_depth: int = 0
+
+
+class Batcher:
+    """Wraps an executor (`Batcher(executor, config)`); `await infer(inputs)` per request."""
+
+    def __init__(
+        self,
+        executor: BatchExecutor,
+        config: BatchingConfig,
+        *,
+        instances: int = 1,
+        batching: bool = True,
+        name: str = "model",
+    ) -> None:
+        self.executor = executor
+        self.max_batch_size = config.max_batch_size if batching else 1
+        self.max_delay_s = config.max_queue_delay_ms / 1000.0 if batching else 0.0
+        self.max_queue_size = config.max_queue_size
+        self.batching = batching
+        self.name = name
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._stats = BatcherStats()
+        self._batch_time_s = 0.0  # moving average, for Retry-After
+        self._threads = [
+            threading.Thread(target=self._work, name=f"torchrig-{name}-{i}", daemon=True)
+            for i in range(max(1, instances))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # ---- the event-loop side -------------------------------------------------------------
+
+    async def infer(
+        self, inputs: Mapping[str, Any], *, rows: int, timeout_s: float | None = None
+    ) -> Tensors:
+        """Queue one request of `rows` rows; resolves with its own rows of the outputs."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        request = _Request(
+            inputs=inputs,
+            rows=rows,
+            future=loop.create_future(),
+            loop=loop,
+            enqueued=now,
+            deadline=None if timeout_s is None else now + timeout_s,
+        )
+        with self._cond:
+            if self._stopping:
+                raise QueueFull(f"model {self.name} is shutting down", retry_after_s=1.0)
+            if len(self._queue) >= self.max_queue_size:
+                self._stats.rejected += 1
+                raise QueueFull(
+                    f"model {self.name}: queue full ({self.max_queue_size} requests waiting)",
+                    retry_after_s=self._retry_after(),
+                )
+            self._queue.append(request)
+            self._queued_rows += rows
+            # wake a worker only when it has something to do: an idle worker (the queue was
+            # empty) or a gathering one whose batch is now full; the delay wakes it otherwise
+            if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
+                self._cond.notify()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            request.future.cancel()  # the worker skips it if it has not run yet
+            raise
+
+    def _retry_after(self) -> float:
+        waiting_batches = math.ceil(len(self._queue) / max(1, self.max_batch_size))
+        estimate = waiting_batches * max(self._batch_time_s, 0.001) / len(self._threads)
+        return max(1.0, math.ceil(estimate))
+
+    @property
+    def accepting(self) -> bool:
+        """False once `close()` began: new requests are refused, queued ones still run."""
+        return not self._stopping
+
+    def stats(self) -> BatcherStats:
+        with self._cond:
+            copy = BatcherStats(**vars(self._stats))
+            copy.batch_sizes = collections.Counter(self._stats.batch_sizes)
+            copy.queue_depth = len(self._queue)
+            return copy
+
+    def close(self, *, timeout_s: float = 30.0) -> None:
+        """Stop accepting, let the workers drain what is queued, then join them."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            leftover = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+        for request in leftover:
+            _resolve(request, error=QueueFull(f"model {self.name} was unloaded"))
+
+    # ---- the worker side -----------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Request] | None:
+        """Block until a batch is ready; None when stopping with nothing queued."""
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            batch: list[_Request] = []
+            rows = 0
+            first = self._queue[0].enqueued
+            while True:
+                while self._queue and rows < self.max_batch_size:
+                    head = self._queue[0]
+                    if batch and rows + head.rows > self.max_batch_size:
+                        break
+                    self._queue.popleft()
+                    self._queued_rows -= head.rows
+                    if self._skip(head):
+                        continue
+                    batch.append(head)
+                    rows += head.rows
+                full = rows >= self.max_batch_size or (
+                    bool(self._queue) and rows + self._queue[0].rows > self.max_batch_size
+                )
+                remaining = first + self.max_delay_s - time.monotonic()
+                if full or remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _skip(self, request: _Request) -> bool:
+        """Drop a request whose caller left or whose deadline passed (lock held)."""
+        if request.future.cancelled():
+            self._stats.cancelled += 1
+            return True
+        if request.deadline is not None and time.monotonic() > request.deadline:
+            self._stats.expired += 1
+            _resolve(
+                request,
+                error=DeadlineExceeded(
+                    f"model {self.name}: the request's deadline passed while it waited in the queue"
+                ),
+            )
+            return True
+        return False
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[_Request]) -> None:
+        started = time.monotonic()
+        rows = sum(r.rows for r in batch)
+        try:
+            outputs = self.executor.infer(
+                _concat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
+            )
+        except Exception as exc:  # the model raised: every request of the batch is told
+            self._count(rows, len(batch), started, failed=True)
+            error: Exception = exc
+            if not isinstance(exc, TorchrigError):
+                error = InferenceFailed(
+                    f"model {self.name} failed on a batch of {rows} rows: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+            _resolve_all([(r, None, error) for r in batch])
+            return
+        self._count(rows, len(batch), started, failed=False)
+        if len(batch) == 1:
+            _resolve_all([(batch[0], outputs, None)])
+            return
+        outcomes: list[Outcome] = []
+        offset = 0
+        for request in batch:
+            end = offset + request.rows
+            outcomes.append((request, {k: v[offset:end] for k, v in outputs.items()}, None))
+            offset = end
+        _resolve_all(outcomes)
+
+    def _count(self, rows: int, requests: int, started: float, *, failed: bool) -> None:
+        elapsed = time.monotonic() - started
+        with self._cond:
+            stats = self._stats
+            stats.batches += 1
+            stats.rows += rows
+            stats.requests += requests
+            stats.batch_sizes[rows] += 1
+            if failed:
+                stats.failed_batches += 1
+            self._batch_time_s = (
+                elapsed if not self._batch_time_s else (0.9 * self._batch_time_s + 0.1 * elapsed)
+            )
+
+
+def _concat(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+def _apply(outcomes: list[Outcome]) -> None:
+    """On the event loop: settle each future that is still waiting."""
+    for request, result, error in outcomes:
+        if request.future.done():
+            continue
+        if error is not None:
+            request.future.set_exception(error)
+        else:
+            request.future.set_result(result or {})
+
+
+def _resolve_all(outcomes: list[Outcome]) -> None:
+    """Hand a batch's outcomes to their loops: one wake-up per loop, not one per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+            loop.call_soon_threadsafe(_apply, items)
+
+
+def _resolve(
+    request: _Request, *, result: Tensors | None = None, error: BaseException | None = None
+) -> None:
+    _resolve_all([(request, result, error)])

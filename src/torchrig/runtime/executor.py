@@ -1,0 +1,196 @@
+"""The executor: one model version loaded onto one device, run a batch at a time.
+
+`load()` verifies the files, compares the exporting environment with this one (breaking
+differences refuse the load, risky ones become warnings), loads the program onto the
+device with the configured dtype and memory format, and warms it up over the batch sizes
+it will see. `infer()` runs under `torch.inference_mode()` and returns CPU tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torchrig.dtypes import FLOAT_DATATYPES, torch_dtype
+from torchrig.envlock.model import EnvLock
+from torchrig.errors import ArtifactError, EnvironmentMismatch
+from torchrig.packaging.manifest import Manifest, TensorSpec
+from torchrig.repository.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16"}
+
+
+def resolve_device(requested: str) -> str:
+    """ "auto" -> cuda:0 when CUDA works, else cpu; "cuda" -> cuda:0; errors name the fix."""
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        index = int(requested.split(":", 1)[1]) if ":" in requested else 0
+        if not torch.cuda.is_available():
+            raise ArtifactError(
+                f"device {requested} was asked for but CUDA is not available here; run "
+                '`torchrig doctor` or set device = "cpu" (or "auto") in config.toml'
+            )
+        if index >= torch.cuda.device_count():
+            raise ArtifactError(
+                f"device cuda:{index} does not exist ({torch.cuda.device_count()} visible)"
+            )
+        return f"cuda:{index}"
+    return "cpu"
+
+
+def check_environment(manifest: Manifest, running: EnvLock | None) -> list[str]:
+    """Refuse breaking differences with the exporting environment; return risky ones."""
+    if manifest.environment is None or running is None:
+        return []
+    from torchrig.envlock import diff_for_load
+
+    report = diff_for_load(manifest.environment, running, device_specific=manifest.format == "aoti")
+    where = f"{manifest.name} version {manifest.version}"
+    if report.breaking:
+        reasons = "; ".join(d.message for d in report.differences if d.severity == "breaking")
+        raise EnvironmentMismatch(
+            f"{where} was exported with {report.a_summary}; this server runs "
+            f"{report.b_summary}: {reasons}. Re-export it in this environment, or serve it "
+            "from an image that matches (torchrig env diff tells the full story)."
+        )
+    return [d.message for d in report.differences if d.severity == "risky"]
+
+
+class Executor:
+    """A model version on a device: `load()`, `infer(batch) -> outputs`, `unload()`."""
+
+    def __init__(
+        self,
+        version_dir: Path,
+        manifest: Manifest,
+        config: ModelConfig,
+        *,
+        device: str | None = None,
+        environment: EnvLock | None = None,
+    ) -> None:
+        self.version_dir = version_dir
+        self.manifest = manifest
+        self.config = config
+        self.requested_device = device or config.device
+        self.environment = environment
+        self.device = "cpu"
+        self.warnings: list[str] = []
+        self._program: Any = None
+        self._dtype: Any = None
+        self._channels_last = False
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def load(self) -> None:
+        import torch
+
+        from torchrig.packaging import load_program
+
+        self.warnings = check_environment(self.manifest, self.environment)
+        self.device = resolve_device(self.requested_device)
+        program = load_program(self.version_dir, self.manifest, device=self.device)
+        if self.config.dtype is not None and DTYPES[self.config.dtype] != "FP32":
+            module = getattr(program, "module", None)
+            if not isinstance(module, torch.nn.Module):
+                raise ArtifactError(
+                    f"dtype = {self.config.dtype!r} needs a program whose weights can be cast; "
+                    f"re-export {self.manifest.name} in {self.config.dtype} instead"
+                )
+            self._dtype = torch_dtype(DTYPES[self.config.dtype])
+            module.to(self._dtype)
+        four_d = any(
+            s.datatype in FLOAT_DATATYPES and len(s.shape) == 4 for s in self.manifest.inputs
+        )
+        wanted = self.config.channels_last
+        self._channels_last = self.device.startswith("cuda") and four_d and wanted is not False
+        if self._channels_last:
+            module = getattr(program, "module", None)
+            if isinstance(module, torch.nn.Module):
+                module.to(memory_format=torch.channels_last)
+        self._program = program
+        if self.config.warmup:
+            self.warm_up()
+
+    def unload(self) -> None:
+        self._program = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    @property
+    def loaded(self) -> bool:
+        return self._program is not None
+
+    # ---- running -------------------------------------------------------------------------
+
+    def warmup_sizes(self) -> list[int]:
+        if not self.manifest.batching:
+            return [1]
+        batching = self.config.batching
+        if batching.preferred_batch_sizes:
+            return sorted(set(batching.preferred_batch_sizes))
+        sizes, size = [], 1
+        while size < batching.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        return [*sizes, batching.max_batch_size]
+
+    def warm_up(self) -> None:
+        """Run every batch size once so the first real requests do not pay for it."""
+        for rows in self.warmup_sizes():
+            try:
+                self.infer(self.example(rows))
+            except Exception as exc:
+                raise ArtifactError(
+                    f"{self.manifest.name} version {self.manifest.version} failed its warm-up "
+                    f"at batch size {rows}: {type(exc).__name__}: {exc}"
+                ) from None
+
+    def example(self, rows: int) -> dict[str, Any]:
+        """Zero-filled inputs of `rows` rows (zeros are valid embedding indices too)."""
+        import torch
+
+        def shape(spec: TensorSpec) -> list[int]:
+            dims = [1 if d == -1 else d for d in spec.shape]
+            if self.manifest.batching and dims:
+                dims[0] = rows
+            return dims
+
+        return {
+            s.name: torch.zeros(shape(s), dtype=torch_dtype(s.datatype))
+            for s in self.manifest.inputs
+        }
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
+        program = self._program
+        if program is None:
+            raise ArtifactError(f"{self.manifest.name} is not loaded")
+        on_gpu = self.device.startswith("cuda")
+        staged: dict[str, Any] = {}
+        for name, given in inputs.items():
+            tensor = given.pin_memory().to(self.device, non_blocking=True) if on_gpu else given
+            if self._dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(self._dtype)
+            if self._channels_last and tensor.dim() == 4 and tensor.is_floating_point():
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+            staged[name] = tensor
+        with torch.inference_mode():
+            outputs = program(staged)
+        result: dict[str, Any] = {}
+        for spec in self.manifest.outputs:
+            tensor = outputs[spec.name]
+            want = torch_dtype(spec.datatype)
+            if tensor.dtype != want:
+                tensor = tensor.to(want)
+            result[spec.name] = tensor.cpu() if on_gpu else tensor
+        return result

@@ -1,0 +1,81 @@
+"""Requests checked against a model's signature before they reach a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torchrig.dtypes import v2_datatype
+from torchrig.errors import InvalidInput
+from torchrig.packaging.manifest import TensorSpec
+
+
+def _shape(spec: TensorSpec) -> str:
+    return "[" + ", ".join(str(d) for d in spec.shape) + "]"
+
+
+def validate_inputs(
+    model: str,
+    specs: list[TensorSpec],
+    inputs: Mapping[str, Any],
+    *,
+    batching: bool,
+    max_batch_size: int,
+) -> int:
+    """Check names, datatypes and shapes; return the request's row count (1 unbatched).
+
+    Every error names the input and what was expected.
+    """
+    if len(inputs) != len(specs) or any(s.name not in inputs for s in specs):
+        expected = {s.name for s in specs}
+        missing = sorted(expected - set(inputs))
+        extra = sorted(set(inputs) - expected)
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown input(s) {', '.join(extra)}")
+        raise InvalidInput(
+            f"model {model}: {'; '.join(parts)}; it takes "
+            + ", ".join(f"{s.name} {s.datatype}{_shape(s)}" for s in specs)
+        )
+    rows: int | None = None
+    for spec in specs:
+        tensor = inputs[spec.name]
+        try:
+            datatype = v2_datatype(tensor.dtype)
+        except KeyError:
+            datatype = str(tensor.dtype)
+        if datatype != spec.datatype:
+            raise InvalidInput(
+                f"model {model}: input {spec.name} has datatype {datatype}, expected "
+                f"{spec.datatype}"
+            )
+        shape = list(tensor.shape)
+        if len(shape) != len(spec.shape) or any(
+            want not in (-1, got) for want, got in zip(spec.shape, shape, strict=False)
+        ):
+            raise InvalidInput(
+                f"model {model}: input {spec.name} has shape {shape}, expected {_shape(spec)} "
+                "(-1: any size)"
+            )
+        if batching:
+            if not shape:
+                raise InvalidInput(f"model {model}: input {spec.name} has no batch dimension")
+            if rows is None:
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise InvalidInput(
+                    f"model {model}: inputs disagree on the batch size ({rows} vs {shape[0]} "
+                    f"for {spec.name})"
+                )
+    if not batching:
+        return 1
+    if rows is None or rows < 1:
+        raise InvalidInput(f"model {model}: a request needs at least one row")
+    if rows > max_batch_size:
+        raise InvalidInput(
+            f"model {model}: a request of {rows} rows exceeds max_batch_size {max_batch_size}; "
+            "split it or raise batching.max_batch_size in the model's config.toml"
+        )
+    return rows

@@ -1,0 +1,205 @@
+"""The dynamic batcher with a tiny real model: batches form, rows go home, failures spread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import torch
+
+from torchrig.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from torchrig.repository.config import BatchingConfig
+from torchrig.runtime.batcher import Batcher
+
+
+class Doubler:
+    """A tiny real model: y = 2x, which can be held at a gate and poisoned by a value."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.seen_rows: list[int] = []
+        self.poison = float("nan")
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        self.entered.set()
+        self.gate.wait(30)
+        x = inputs["x"]
+        self.seen_rows.append(x.shape[0])
+        if bool((x == self.poison).any()):
+            raise ValueError("poisoned row")
+        return {"y": x * 2}
+
+
+def until(condition: Any, timeout_s: float = 10.0) -> None:
+    """Poll a condition with a deadline (no sleep standing in for it)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.001)
+
+
+async def until_async(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.001)
+
+
+def rows(start: float, count: int) -> dict[str, Any]:
+    return {"x": torch.arange(start, start + count, dtype=torch.float32).reshape(count, 1)}
+
+
+def test_concurrent_callers_form_batches_and_get_their_own_rows() -> None:
+    model = Doubler()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=16, max_queue_delay_ms=20))
+
+    async def main() -> None:
+        async def caller(i: int) -> None:
+            count = 1 + i % 3
+            out = await batcher.infer(rows(i * 10, count), rows=count)
+            expected = torch.arange(i * 10, i * 10 + count, dtype=torch.float32) * 2
+            assert torch.equal(out["y"].reshape(-1), expected)
+
+        await asyncio.gather(*(caller(i) for i in range(200)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    stats = batcher.stats()
+    assert stats.requests == 200
+    assert stats.rows == sum(1 + i % 3 for i in range(200))
+    assert stats.batches < 100, stats  # batching happened
+    assert max(stats.batch_sizes) > 1
+    assert max(stats.batch_sizes) <= 16
+    assert sum(stats.batch_sizes.values()) == stats.batches
+    assert all(size <= 16 for size in model.seen_rows)
+
+
+def test_unbatched_model_runs_requests_alone() -> None:
+    model = Doubler()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=16), batching=False)
+
+    async def main() -> None:
+        await asyncio.gather(*(batcher.infer(rows(i, 1), rows=1) for i in range(20)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    assert set(batcher.stats().batch_sizes) == {1}
+
+
+def test_full_queue_refuses_with_retry_after() -> None:
+    model = Doubler()
+    model.gate.clear()
+    batcher = Batcher(
+        model, BatchingConfig(max_batch_size=1, max_queue_size=3, max_queue_delay_ms=0)
+    )
+
+    async def main() -> None:
+        running = asyncio.ensure_future(batcher.infer(rows(0, 1), rows=1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        queued = [asyncio.ensure_future(batcher.infer(rows(i, 1), rows=1)) for i in range(3)]
+        await until_async(lambda: batcher.stats().queue_depth == 3)
+        with pytest.raises(QueueFull) as refused:
+            await batcher.infer(rows(9, 1), rows=1)
+        assert refused.value.status_code == 503
+        assert refused.value.retry_after_s >= 1
+        assert "queue full" in refused.value.message
+        model.gate.set()
+        await asyncio.gather(running, *queued)  # nothing already accepted is lost
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.gate.set()
+        batcher.close()
+    assert batcher.stats().rejected == 1
+
+
+def test_expired_and_abandoned_requests_never_reach_the_model() -> None:
+    model = Doubler()
+    model.gate.clear()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.infer(rows(0, 1), rows=1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        late = asyncio.ensure_future(batcher.infer(rows(1, 1), rows=1, timeout_s=1e-9))
+        gone = asyncio.ensure_future(batcher.infer(rows(2, 1), rows=1))
+        await until_async(lambda: batcher.stats().queue_depth == 2)
+        gone.cancel()
+        model.gate.set()
+        await first
+        with pytest.raises(DeadlineExceeded):
+            await late
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.gate.set()
+        batcher.close()
+    stats = batcher.stats()
+    assert (stats.expired, stats.cancelled) == (1, 1)
+    assert model.seen_rows == [1]  # only the first request ran
+
+
+def test_a_failed_batch_fails_each_of_its_requests_and_no_other() -> None:
+    model = Doubler()
+    model.poison = -1.0
+    model.gate.clear()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=4, max_queue_delay_ms=1000))
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(batcher.infer(rows(100, 4), rows=4))
+        await asyncio.to_thread(model.entered.wait, 10)
+        poisoned = [
+            asyncio.ensure_future(batcher.infer({"x": torch.tensor([[v]])}, rows=1))
+            for v in (1.0, -1.0, 2.0, 3.0)
+        ]
+        await until_async(lambda: batcher.stats().queue_depth == 4)
+        healthy = asyncio.ensure_future(batcher.infer(rows(5, 2), rows=2))
+        model.gate.set()
+        assert torch.equal((await blocker)["y"].reshape(-1), torch.arange(100.0, 104.0) * 2)
+        results = await asyncio.gather(*poisoned, return_exceptions=True)
+        assert all(isinstance(r, InferenceFailed) for r in results), results
+        assert "poisoned row" in str(results[0])
+        assert torch.equal((await healthy)["y"].reshape(-1), torch.tensor([10.0, 12.0]))
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.gate.set()
+        batcher.close()
+    assert batcher.stats().failed_batches == 1
+
+
+def test_close_drains_what_was_accepted() -> None:
+    model = Doubler()
+    model.gate.clear()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=2, max_queue_delay_ms=0))
+
+    async def main() -> list[dict[str, Any]]:
+        futures = [asyncio.ensure_future(batcher.infer(rows(i, 1), rows=1)) for i in range(5)]
+        await asyncio.to_thread(model.entered.wait, 10)
+        closing = asyncio.ensure_future(asyncio.to_thread(batcher.close))
+        await until_async(lambda: not batcher.accepting)
+        with pytest.raises(QueueFull):  # stopped accepting new requests
+            await batcher.infer(rows(9, 1), rows=1)
+        model.gate.set()
+        await closing
+        return list(await asyncio.gather(*futures))
+
+    outs = asyncio.run(main())
+    assert [float(o["y"][0, 0]) for o in outs] == [0.0, 2.0, 4.0, 6.0, 8.0]
