@@ -189,7 +189,7 @@ def test_a_version_exported_elsewhere_is_refused_and_reported(repo: Path, tmp_pa
             (served,) = [v for v in registry.versions() if v.version == 2]
             assert served.state == "failed"
             assert "Python 3.8.10" in (served.reason or "")
-            with pytest.raises(ModelNotReady, match="3.8.10"):
+            with pytest.raises(ModelNotReady, match=r"3\.8\.10"):
                 registry.resolve("scorer", 2)
             await registry.load("scorer", 1)  # the older version still serves
             served_by, _ = await registry.infer("scorer", examples(2))

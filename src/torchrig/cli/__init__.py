@@ -41,6 +41,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "verify",
         "Replay a model repository's golden examples here; fail past tolerance.",
     ),
+    "image": (
+        "torchrig.cli.image",
+        "image",
+        "Render, lock, tag and build the standard PyTorch-CUDA images (runtime, dev, serve).",
+    ),
 }
 
 

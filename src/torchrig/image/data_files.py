@@ -1,0 +1,66 @@
+"""The image data file: CUDA toolkit patches of the base images, Pythons, the uv installer.
+
+Like the compat knowledge base, every entry carries its public source and
+whether it was verified; the file is read on first use, never at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import msgspec
+
+from torchrig.errors import KnowledgeBaseError
+
+SCHEMA_VERSION = 1
+
+
+class CudaPatch(msgspec.Struct, frozen=True):
+    """The full toolkit version (12.8.1) whose nvidia/cuda image serves CUDA X.Y (12.8)."""
+
+    cuda: str
+    patch: str
+    verified: bool
+    source: str
+    notes: str = ""
+
+
+class ImageData(msgspec.Struct, frozen=True):
+    """The contents of `torchrig/image/data/images.json`."""
+
+    schema_version: int
+    updated: str
+    base_repository: str
+    base_os: str
+    base_repository_source: str
+    cuda_patches: list[CudaPatch]
+    distro_python: str
+    distro_python_source: str
+    pythons: list[str]
+    pythons_source: str
+    uv_image: str
+    uv_source: str
+    uv_verified: bool
+
+    def cuda_patch(self, cuda: str) -> CudaPatch | None:
+        """The base-image toolkit patch for CUDA `12.8`, or None when the file lacks it."""
+        for entry in self.cuda_patches:
+            if entry.cuda == cuda:
+                return entry
+        return None
+
+
+@functools.cache
+def load_image_data() -> ImageData:
+    """The image data file, decoded once and cached."""
+    raw = resources.files("torchrig.image").joinpath("data").joinpath("images.json").read_bytes()
+    try:
+        data = msgspec.json.decode(raw, type=ImageData)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise KnowledgeBaseError(f"image data file images.json is unreadable: {exc}") from exc
+    if data.schema_version != SCHEMA_VERSION:
+        raise KnowledgeBaseError(
+            f"images.json has schema_version {data.schema_version}, expected {SCHEMA_VERSION}"
+        )
+    return data

@@ -1,0 +1,86 @@
+"""The requirement set of each image resolves for real against the reachable index.
+
+The torch CUDA indexes are not reachable from the build machines; PyPI (and its
+mirror) is. Where the index cannot be reached, the resolving tests skip and say so:
+that is the only reason they may skip.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import pytest
+
+from torchrig import __version__
+from torchrig.errors import UsageError
+from torchrig.image.lock import IndexUnreachableError, parse_constraints, resolve
+from torchrig.image.spec import resolve_spec
+
+UNREACHABLE = "http://127.0.0.1:9/simple"  # the discard port: nothing listens there
+
+
+@functools.cache
+def _locked(torch: str, cuda: str, flavour: str, python: str) -> str:
+    spec = resolve_spec(torch=torch, cuda=cuda, flavour=flavour, python=python)
+    try:
+        return resolve(spec)
+    except IndexUnreachableError as exc:
+        pytest.skip(f"package index unreachable, requirement set not resolved: {exc.message}")
+
+
+@pytest.mark.parametrize("flavour", ["runtime", "dev", "serve"])
+def test_each_flavour_resolves_on_pypi_variant(flavour: str) -> None:
+    text = _locked("2.9.1", "12.8", flavour, "3.12")
+    pins = parse_constraints(text)  # every line name==version, or it raises
+    assert pins["torch"] == "2.9.1+cu128"
+    assert "numpy" in pins
+    assert "sympy" in pins
+    assert "setuptools" in pins
+    assert pins["nvidia-cudnn-cu12"].startswith("9.10.")  # PyPI's 2.9.1 wheel is the cu128 build
+    if flavour == "dev":
+        assert {"jupyterlab", "jupyter-server", "ipykernel"} <= set(pins)
+    if flavour == "serve":
+        assert pins["torchrig"] == __version__
+        assert {"click", "rich", "msgspec", "nvidia-ml-py", "packaging"} <= set(pins)
+    assert "tomli" not in pins  # markers are evaluated for Python 3.12, not the running one
+
+
+def test_other_variant_leaves_cuda_packages_to_torchs_exact_pins() -> None:
+    text = _locked("2.9.1", "12.6", "runtime", "3.10")
+    pins = parse_constraints(text)
+    assert pins["torch"] == "2.9.1+cu126"
+    assert not [name for name in pins if name.startswith(("nvidia-", "triton", "cuda-"))]
+    assert "pinned exactly by torch==2.9.1+cu126 itself" in text
+    assert "setuptools" not in pins  # torch needs setuptools only from Python 3.12
+
+
+def test_unreachable_index_is_reported_not_resolved() -> None:
+    spec = resolve_spec(torch="2.9.1", cuda="12.8")
+    with pytest.raises(IndexUnreachableError, match="package index is unreachable"):
+        resolve(spec, index_url=UNREACHABLE)
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    same_python = resolve_spec(torch="2.9.1", cuda="12.8", python=running)
+    with pytest.raises(IndexUnreachableError, match="pip install --dry-run"):
+        resolve(same_python, index_url=UNREACHABLE, resolver="pip")
+
+
+def test_pip_cannot_lock_for_another_python() -> None:
+    other = "3.13" if sys.version_info[:2] != (3, 13) else "3.12"
+    spec = resolve_spec(torch="2.9.1", cuda="12.8", python=other)
+    with pytest.raises(UsageError, match="pip evaluates environment markers"):
+        resolve(spec, resolver="pip")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("torch>=2.9\n", "is not an exact pin"),
+        ("-r other.txt\n", "is not an exact pin"),
+        ("numpy==1.0\nNumPy==1.0\n", "pinned twice"),
+        ("git+https://example.com/x.git\n", "is not an exact pin"),
+    ],
+)
+def test_parse_constraints_rejects_anything_but_pins(text: str, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        parse_constraints(text)
