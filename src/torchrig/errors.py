@@ -91,6 +91,12 @@ class InvalidInput(TorchrigError):
     status_code = 400
 
 
+class PayloadTooLarge(TorchrigError):
+    """A request body (after decompression) is larger than the server's body limit."""
+
+    status_code = 413
+
+
 class QueueFull(TorchrigError):
     """The model's request queue is full; retry after `retry_after_s`."""
 

@@ -1,0 +1,137 @@
+"""Encoding a V2 inference response (JSON, or JSON + binary tensor data) and errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import torch
+
+from torchrig.errors import InferenceFailed, InvalidInput
+from torchrig.packaging.manifest import TensorSpec
+from torchrig.protocol.tensors import TORCH_DTYPES, serialize_bytes
+from torchrig.protocol.types import RequestedOutput
+
+
+class _WireOutputTensor(msgspec.Struct, omit_defaults=True):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class _WireResponse(msgspec.Struct, omit_defaults=True):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[_WireOutputTensor] = []
+
+
+class _WireError(msgspec.Struct):
+    error: str
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_infer_response(
+    *,
+    model_name: str,
+    model_version: str | None,
+    request_id: str | None,
+    outputs: dict[str, Any],
+    specs: list[TensorSpec],
+    requested: list[RequestedOutput] | None,
+    binary_output_default: bool,
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and the headers it needs (Content-Type, and the JSON length).
+
+    Outputs come in the order requested, or in signature order when the request listed
+    none. Each is binary when its request said so, else when `binary_output_default`
+    (the request's binary_data_output) is true. BF16 has no JSON form and a BYTES output
+    that is not UTF-8 has no JSON string: those are sent binary even when JSON was asked
+    for, which tritonclient reads transparently. A tensor whose dtype differs from its
+    signature's datatype is converted to it, so clients get what model metadata promises.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    if requested is None:
+        chosen = [(spec, binary_output_default) for spec in specs]
+    else:
+        chosen = []
+        for output in requested:
+            spec = by_name.get(output.name)
+            if spec is None:
+                raise InvalidInput(
+                    f"model {model_name} has no output {output.name!r}; its outputs are "
+                    + ", ".join(spec.name for spec in specs)
+                )
+            binary = binary_output_default if output.binary is None else output.binary
+            chosen.append((spec, binary))
+
+    wire_outputs: list[_WireOutputTensor] = []
+    raw: list[Any] = []
+    for spec, binary in chosen:
+        if spec.name not in outputs:
+            raise InferenceFailed(f"model {model_name} produced no output {spec.name!r}")
+        value = outputs[spec.name]
+        if spec.datatype == "BYTES":
+            wire, blob = _bytes_output(spec.name, value, binary)
+        else:
+            wire, blob = _tensor_output(spec, value, binary)
+        wire_outputs.append(wire)
+        if blob is not None:
+            raw.append(blob)
+
+    header = _ENCODER.encode(
+        _WireResponse(
+            model_name=model_name, model_version=model_version, id=request_id, outputs=wire_outputs
+        )
+    )
+    if not raw:
+        return header, {"Content-Type": "application/json"}
+    headers = {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+    return b"".join([header, *raw]), headers
+
+
+def _tensor_output(spec: TensorSpec, value: Any, binary: bool) -> tuple[_WireOutputTensor, Any]:
+    target = TORCH_DTYPES[spec.datatype]
+    tensor = value.detach()
+    if tensor.dtype != target:
+        tensor = tensor.to(target)
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    shape = list(tensor.shape)
+    flat = tensor.reshape(-1)  # a view when contiguous, else the one copy we need
+    if spec.datatype == "BF16":
+        binary = True  # no JSON form: see encode_infer_response
+        array = flat.view(torch.int16).numpy()
+    else:
+        array = flat.numpy()
+    if binary:
+        params = {"binary_data_size": array.nbytes}
+        return _WireOutputTensor(spec.name, spec.datatype, shape, params), memoryview(array)
+    return _WireOutputTensor(spec.name, spec.datatype, shape, data=array.tolist()), None
+
+
+def _bytes_output(name: str, value: Any, binary: bool) -> tuple[_WireOutputTensor, Any]:
+    elements = [item if isinstance(item, bytes | str) else bytes(item) for item in value]
+    shape = [int(dim) for dim in value.shape] if hasattr(value, "shape") else [len(elements)]
+    if not binary:
+        try:
+            strings = [item if isinstance(item, str) else item.decode() for item in elements]
+        except UnicodeDecodeError:
+            binary = True  # not UTF-8: no JSON string can carry it
+        else:
+            return _WireOutputTensor(name, "BYTES", shape, data=strings), None
+    blob = serialize_bytes(elements)
+    params = {"binary_data_size": len(blob)}
+    return _WireOutputTensor(name, "BYTES", shape, params), blob
+
+
+def encode_error(message: str) -> bytes:
+    """The V2 error body: `{"error": message}`."""
+    return _ENCODER.encode(_WireError(message))

@@ -1,0 +1,53 @@
+"""The decoded form of a V2 inference request, as the server's data plane sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+
+class RequestedOutput(msgspec.Struct, frozen=True):
+    """One entry of the request's `outputs`: a name and whether it should come back binary.
+
+    `binary` is None when the request did not say; `binary_output_default` decides then.
+    """
+
+    name: str
+    binary: bool | None = None
+
+
+class DecodedRequest(msgspec.Struct, frozen=True):
+    """A V2 inference request with its inputs turned into tensors.
+
+    `inputs` maps each input name (in request order) to a `torch.Tensor`, or to a
+    `BytesTensor` for BYTES inputs, which torch cannot hold. `outputs` is None when the
+    request asks for every output. `timeout_s` comes from the `timeout` parameter
+    (Triton: microseconds); 0 or absent means no timeout of the request's own.
+    """
+
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: dict[str, Any]
+    outputs: list[RequestedOutput] | None
+    binary_output_default: bool
+    timeout_s: float | None
+
+
+class BytesTensor(list[bytes]):
+    """A BYTES tensor: its elements in row-major order (a flat `list[bytes]`) and its shape.
+
+    It carries `shape` (a tuple) and `dtype` ("BYTES") like a tensor does, so signature
+    checks that read `.shape` and `.dtype` work on it unchanged.
+    """
+
+    __slots__ = ("shape",)
+    dtype = "BYTES"
+
+    def __init__(self, items: Iterable[bytes], shape: Sequence[int]) -> None:
+        super().__init__(items)
+        self.shape: tuple[int, ...] = tuple(shape)
+
+    def __repr__(self) -> str:
+        return f"BytesTensor({list.__repr__(self)}, shape={list(self.shape)})"
