@@ -13,7 +13,7 @@ import torch
 
 from torchrig.errors import DeadlineExceeded, InferenceFailed, QueueFull
 from torchrig.repository.config import BatchingConfig
-from torchrig.runtime.batcher import Batcher
+from torchrig.runtime.batcher import Batcher, BatchRecord
 
 
 class Doubler:
@@ -203,3 +203,55 @@ def test_close_drains_what_was_accepted() -> None:
 
     outs = asyncio.run(main())
     assert [float(o["y"][0, 0]) for o in outs] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+def test_observer_sees_each_batch_and_its_faults_are_swallowed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = Doubler()
+    model.poison = -1.0
+    model.gate.clear()
+    records: list[BatchRecord] = []
+    observed = threading.Event()
+
+    def observer(record: BatchRecord) -> None:
+        records.append(record)
+        observed.set()
+        raise RuntimeError("a broken observer must not break serving")
+
+    batcher = Batcher(
+        model, BatchingConfig(max_batch_size=4, max_queue_delay_ms=50), observer=observer
+    )
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(batcher.infer(rows(0, 1), rows=1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        waiting = [asyncio.ensure_future(batcher.infer(rows(i, 1), rows=1)) for i in (1, 2)]
+        poisoned = asyncio.ensure_future(batcher.infer({"x": torch.tensor([[-1.0]])}, rows=1))
+        await until_async(lambda: batcher.stats().queue_depth == 3)
+        model.gate.set()
+        await blocker
+        same_batch = await asyncio.gather(*waiting, poisoned, return_exceptions=True)
+        assert all(isinstance(r, InferenceFailed) for r in same_batch), same_batch
+        # the observer raised on the first batch, and the batcher kept serving
+        assert torch.equal(
+            (await batcher.infer(rows(7, 2), rows=2))["y"].reshape(-1), torch.tensor([14.0, 16.0])
+        )
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.gate.set()
+        batcher.close()  # joins the workers: every observer call has returned
+    assert observed.is_set()
+    assert "the batch observer failed" in caplog.text
+    assert [(r.rows, r.requests, r.failed) for r in records] == [
+        (1, 1, False),
+        (3, 3, True),
+        (2, 1, False),
+    ]
+    second = records[1]
+    assert len(second.queue_waits_s) == 3
+    assert all(0.0 <= wait < 30.0 for wait in second.queue_waits_s)
+    assert all(r.compute_s >= 0.0 for r in records)
+    assert all(wait > 0.0 for wait in second.queue_waits_s)  # they waited for the first batch

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +26,8 @@ from torchrig.errors import DeadlineExceeded, InferenceFailed, QueueFull, Torchr
 from torchrig.repository.config import BatchingConfig
 
 Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
+
+log = logging.getLogger(__name__)
 
 
 class BatchExecutor(Protocol):
@@ -45,6 +48,20 @@ class _Request:
 
 # a request and what it gets: its outputs, or the error of its batch
 Outcome = tuple[_Request, "Tensors | None", "BaseException | None"]
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one batch did, handed to the batcher's observer (metrics) after it ran."""
+
+    rows: int
+    requests: int
+    queue_waits_s: list[float]  # per request: batch start - enqueued (monotonic)
+    compute_s: float  # the executor call, concatenation included
+    failed: bool
+
+
+BatchObserver = Callable[[BatchRecord], None]
 
 
 @dataclass
@@ -73,8 +90,10 @@ class Batcher:
         instances: int = 1,
         batching: bool = True,
         name: str = "model",
+        observer: BatchObserver | None = None,
     ) -> None:
         self.executor = executor
+        self.observer = observer
         self.max_batch_size = config.max_batch_size if batching else 1
         self.max_delay_s = config.max_queue_delay_ms / 1000.0 if batching else 0.0
         self.max_queue_size = config.max_queue_size
@@ -226,7 +245,7 @@ class Batcher:
                 _concat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
             )
         except Exception as exc:  # the model raised: every request of the batch is told
-            self._count(rows, len(batch), started, failed=True)
+            elapsed = self._count(rows, len(batch), started, failed=True)
             error: Exception = exc
             if not isinstance(exc, TorchrigError):
                 error = InferenceFailed(
@@ -234,20 +253,40 @@ class Batcher:
                     f"{type(exc).__name__}: {exc}"
                 )
             _resolve_all([(r, None, error) for r in batch])
+            self._observe(batch, rows, started, elapsed, failed=True)
             return
-        self._count(rows, len(batch), started, failed=False)
+        elapsed = self._count(rows, len(batch), started, failed=False)
         if len(batch) == 1:
             _resolve_all([(batch[0], outputs, None)])
-            return
-        outcomes: list[Outcome] = []
-        offset = 0
-        for request in batch:
-            end = offset + request.rows
-            outcomes.append((request, {k: v[offset:end] for k, v in outputs.items()}, None))
-            offset = end
-        _resolve_all(outcomes)
+        else:
+            outcomes: list[Outcome] = []
+            offset = 0
+            for request in batch:
+                end = offset + request.rows
+                outcomes.append((request, {k: v[offset:end] for k, v in outputs.items()}, None))
+                offset = end
+            _resolve_all(outcomes)
+        self._observe(batch, rows, started, elapsed, failed=False)
 
-    def _count(self, rows: int, requests: int, started: float, *, failed: bool) -> None:
+    def _observe(
+        self, batch: list[_Request], rows: int, started: float, elapsed: float, *, failed: bool
+    ) -> None:
+        """Tell the observer, after the callers were answered; its faults are only logged."""
+        if self.observer is None:
+            return
+        record = BatchRecord(
+            rows=rows,
+            requests=len(batch),
+            queue_waits_s=[started - r.enqueued for r in batch],
+            compute_s=elapsed,
+            failed=failed,
+        )
+        try:
+            self.observer(record)
+        except Exception:  # metrics must never take a worker down
+            log.exception("model %s: the batch observer failed", self.name)
+
+    def _count(self, rows: int, requests: int, started: float, *, failed: bool) -> float:
         elapsed = time.monotonic() - started
         with self._cond:
             stats = self._stats
@@ -260,6 +299,7 @@ class Batcher:
             self._batch_time_s = (
                 elapsed if not self._batch_time_s else (0.9 * self._batch_time_s + 0.1 * elapsed)
             )
+        return elapsed
 
 
 def _concat(parts: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,289 @@
+"""Prometheus metrics of the server, on a `CollectorRegistry` the app factory passes in.
+
+| name | type | labels | what |
+| --- | --- | --- | --- |
+| `torchrig_request_success_total` | counter | model, version | requests answered |
+| `torchrig_request_failure_total` | counter | model, version, reason | failed requests (1) |
+| `torchrig_request_duration_seconds` | histogram | model, version | successful requests |
+| `torchrig_queue_duration_seconds` | histogram | model, version | per request: wait in queue |
+| `torchrig_compute_duration_seconds` | histogram | model, version | per batch: time in the model |
+| `torchrig_batch_size` | histogram | model, version | rows per batch |
+| `torchrig_batch_failure_total` | counter | model, version | batches whose forward raised |
+| `torchrig_queue_depth` | gauge | model, version | requests waiting in the batcher |
+| `torchrig_inflight_requests` | gauge | model | requests being handled now |
+| `torchrig_model_ready` | gauge | model, version | 1 serving; 0 loading/failed/unloaded (2) |
+| `torchrig_gpu_utilization_ratio` | gauge | gpu, uuid | NVML utilisation, 0..1 |
+| `torchrig_gpu_memory_used_bytes` | gauge | gpu, uuid | NVML memory in use (all processes) |
+| `torchrig_gpu_memory_total_bytes` | gauge | gpu, uuid | NVML memory installed |
+| `torchrig_gpu_power_watts` | gauge | gpu, uuid | NVML board power draw |
+| `torchrig_gpu_temperature_celsius` | gauge | gpu, uuid | NVML die temperature |
+| `torchrig_torch_allocated_bytes` | gauge | device | torch allocator: bytes in live tensors |
+| `torchrig_torch_reserved_bytes` | gauge | device | torch allocator: bytes reserved |
+
+(1) reason: `bad_request` (4xx), `not_found` (404), `unavailable` (503: not ready, queue
+full, shutting down), `timeout`, `error` (5xx).
+(2) a model with no loadable version at all (bad config.toml, no complete version)
+reports `version=""` 0.
+
+Durations are in seconds, with buckets from 0.5 ms to 10 s. Queue depth, readiness, GPU
+and allocator series are read at scrape time. Counters and histograms also expose
+prometheus_client's `_created` series. The GPU series exist only where NVML answers; the
+allocator series only once this process has initialised CUDA. Model and version labels
+of failures come from the request path, so names the model registry does not know are
+reported as `model=""` / `version=""`: a client probing random names cannot grow the
+number of series without bound.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from torchrig.runtime.batcher import BatchRecord
+from torchrig.runtime.registry import ModelRegistry, ServedVersion
+from torchrig.server.gpu_metrics import NvmlCollector, TorchAllocatorCollector
+
+# serving is ms-scale: 0.5 ms .. 10 s, about three buckets per decade
+DURATION_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+OUTCOMES = frozenset({"success", "bad_request", "not_found", "unavailable", "timeout", "error"})
+UNKNOWN = ""  # the label value for a model or version the registry does not know
+
+
+class ServerMetrics:
+    """Request, batching, model and GPU metrics, registered on `registry`.
+
+    `model_registry` feeds the scrape-time series (queue depth, model readiness) and
+    bounds the model/version label values; `gpu=False` leaves NVML alone.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        model_registry: ModelRegistry | None = None,
+        gpu: bool = True,
+    ) -> None:
+        self.registry = registry
+        self._models = model_registry
+        labels = ["model", "version"]
+        self._success = Counter(
+            "torchrig_request_success",
+            "Inference requests answered successfully.",
+            labels,
+            registry=registry,
+        )
+        self._failure = Counter(
+            "torchrig_request_failure",
+            "Failed inference requests, by reason "
+            "(bad_request, not_found, unavailable, timeout, error).",
+            [*labels, "reason"],
+            registry=registry,
+        )
+        self._request_duration = Histogram(
+            "torchrig_request_duration_seconds",
+            "End-to-end time of successful inference requests.",
+            labels,
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
+        )
+        self._queue_duration = Histogram(
+            "torchrig_queue_duration_seconds",
+            "Per request: time waiting in the batcher before its batch started.",
+            labels,
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
+        )
+        self._compute_duration = Histogram(
+            "torchrig_compute_duration_seconds",
+            "Per batch: time in the model (concatenation and forward).",
+            labels,
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
+        )
+        self._batch_size = Histogram(
+            "torchrig_batch_size",
+            "Rows per batch.",
+            labels,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self._batch_failure = Counter(
+            "torchrig_batch_failure",
+            "Batches whose forward raised; each of their requests failed.",
+            labels,
+            registry=registry,
+        )
+        self._runtime = _RuntimeCollector(model_registry)
+        registry.register(self._runtime)
+        self._nvml = NvmlCollector.open() if gpu else None
+        if self._nvml is not None:
+            registry.register(self._nvml)
+        self._torch = TorchAllocatorCollector() if gpu else None
+        if self._torch is not None:
+            registry.register(self._torch)
+
+    # ---- the request path ------------------------------------------------------------------
+
+    def request_started(self, model: str) -> None:
+        """An inference request for `model` arrived (in-flight +1)."""
+        self._runtime.inflight_add(model, 1)
+
+    def request_finished(
+        self, model: str, version: str | None, *, outcome: str, duration_s: float
+    ) -> None:
+        """The request `request_started` counted has its answer (in-flight -1).
+
+        `outcome` is "success" or the failure class: "bad_request" (4xx), "not_found",
+        "unavailable" (503), "timeout" or "error" (5xx). Durations are observed for
+        successes only; failures are counted by reason.
+        """
+        self._runtime.inflight_add(model, -1)
+        if outcome == "success":
+            labels = (model, version or UNKNOWN)
+            self._success.labels(*labels).inc()
+            self._request_duration.labels(*labels).observe(duration_s)
+            return
+        if outcome not in OUTCOMES:
+            raise ValueError(
+                f"unknown request outcome {outcome!r}: use one of {', '.join(sorted(OUTCOMES))}"
+            )
+        model_label, version_label = self._known(model, version)
+        self._failure.labels(model_label, version_label, outcome).inc()
+
+    def batch_observer(self, model: str, version: str) -> Callable[[BatchRecord], None]:
+        """The observer to give `Batcher(..., observer=...)` for this model version."""
+        queue = self._queue_duration.labels(model, version)
+        compute = self._compute_duration.labels(model, version)
+        size = self._batch_size.labels(model, version)
+        failed = self._batch_failure.labels(model, version)
+
+        def observe(record: BatchRecord) -> None:
+            for wait in record.queue_waits_s:
+                queue.observe(wait)
+            compute.observe(record.compute_s)
+            size.observe(record.rows)
+            if record.failed:
+                failed.inc()
+
+        return observe
+
+    # ---- the scrape ------------------------------------------------------------------------
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition and its content type (OpenMetrics when `accept` asks for it)."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+    def close(self) -> None:
+        """Release NVML (its initialisation is counted); call when the server stops."""
+        if self._nvml is not None:
+            self._nvml.close()
+
+    def _known(self, model: str, version: str | None) -> tuple[str, str]:
+        """Label values for a failure: names the registry does not know become ""."""
+        if self._models is None:
+            return model, version or UNKNOWN
+        versions = {str(v.version) for v in _versions(self._models) if v.model == model}
+        if not versions and model not in self._models.model_errors():
+            return UNKNOWN, UNKNOWN
+        return model, version if version in versions else UNKNOWN
+
+
+class _RuntimeCollector(Collector):
+    """Series read at scrape time: in-flight requests, queue depth, model readiness."""
+
+    def __init__(self, models: ModelRegistry | None) -> None:
+        self._models = models
+        self._inflight: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def inflight_add(self, model: str, delta: int) -> None:
+        with self._lock:
+            count = self._inflight.get(model, 0) + delta
+            if count or self._models is None:
+                self._inflight[model] = count
+            else:  # the registry's models are reported at 0 anyway; unknown names go
+                self._inflight.pop(model, None)
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return list(_runtime_families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        inflight, depth, ready = _runtime_families()
+        versions = [] if self._models is None else _versions(self._models)
+        with self._lock:
+            counts = dict(self._inflight)
+        if self._models is not None:  # fold names the registry does not know into ""
+            known = {v.model for v in versions} | set(self._models.model_errors())
+            folded: dict[str, int] = dict.fromkeys(known, 0)
+            for model, count in counts.items():
+                label = model if model in known else UNKNOWN
+                folded[label] = folded.get(label, 0) + count
+            counts = folded
+        for model, count in sorted(counts.items()):
+            inflight.add_metric([model], float(count))
+        if self._models is not None:  # a model with no loadable version at all
+            with_versions = {v.model for v in versions}
+            for model in sorted(set(self._models.model_errors()) - with_versions):
+                ready.add_metric([model, UNKNOWN], 0.0)
+        for served in versions:
+            labels = [served.model, str(served.version)]
+            ready.add_metric(labels, 1.0 if served.state == "ready" else 0.0)
+            batcher = served.batcher
+            if served.state == "ready" and batcher is not None:
+                depth.add_metric(labels, float(batcher.stats().queue_depth))
+        yield inflight
+        yield depth
+        yield ready
+
+
+def _runtime_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    return (
+        GaugeMetricFamily(
+            "torchrig_inflight_requests",
+            "Inference requests being handled now.",
+            labels=["model"],
+        ),
+        GaugeMetricFamily(
+            "torchrig_queue_depth",
+            "Requests waiting in the batcher.",
+            labels=["model", "version"],
+        ),
+        GaugeMetricFamily(
+            "torchrig_model_ready",
+            "1 when the model version serves, 0 while loading, failed or unloaded.",
+            labels=["model", "version"],
+        ),
+    )
+
+
+def _versions(models: ModelRegistry) -> list[ServedVersion]:
+    """The registry's versions; it may change under a scrape run off the event loop."""
+    for _ in range(3):
+        try:
+            return models.versions()
+        except RuntimeError:  # "dictionary changed size during iteration": read again
+            continue
+    return []
