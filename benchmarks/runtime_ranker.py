@@ -106,7 +106,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for both sides (0: torch's default). On a 2-core box, 1 "
+        "leaves the event loop its own core, as a server process would have.",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         repo = build_demo_repository(Path(tmp) / "repo")
         asyncio.run(measure(args, repo))

@@ -90,14 +90,58 @@ class EnvSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ServeSettings:
+    """Options of `torchrig serve`."""
+
+    host: str = dataclasses.field(
+        default="127.0.0.1",
+        metadata=_option("Address to listen on (0.0.0.0 in a container)."),
+    )
+    port: int = dataclasses.field(
+        default=8000, metadata=_option("TCP port; 0 picks a free one (printed at start).")
+    )
+    device: str = dataclasses.field(
+        default="",
+        metadata=_option('Device for every model ("cpu", "cuda", "cuda:N"); default: config.toml.'),
+    )
+    log_format: str = dataclasses.field(
+        default="json", metadata=_option("json (one object per line) or text.")
+    )
+    log_level: str = dataclasses.field(default="info", metadata=_option("Log level."))
+    max_body_mb: float = dataclasses.field(
+        default=64.0, metadata=_option("Largest request body accepted (413 beyond).")
+    )
+    request_timeout_s: float = dataclasses.field(
+        default=30.0,
+        metadata=_option("Deadline of a request without a `timeout` parameter (504 past it)."),
+    )
+    max_request_timeout_s: float = dataclasses.field(
+        default=300.0, metadata=_option("Cap on a request's own `timeout` parameter.")
+    )
+    drain_timeout_s: float = dataclasses.field(
+        default=30.0,
+        metadata=_option("On SIGTERM, how long in-flight requests may take to finish."),
+    )
+    require_gpu: bool = dataclasses.field(
+        default=False,
+        metadata=_option("The startup doctor fails (server never ready) without a usable GPU."),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of torchrig's settings, one section per concern."""
 
     doctor: DoctorSettings = dataclasses.field(default_factory=DoctorSettings)
     env: EnvSettings = dataclasses.field(default_factory=EnvSettings)
+    serve: ServeSettings = dataclasses.field(default_factory=ServeSettings)
 
 
-SECTIONS: dict[str, type[Any]] = {"doctor": DoctorSettings, "env": EnvSettings}
+SECTIONS: dict[str, type[Any]] = {
+    "doctor": DoctorSettings,
+    "env": EnvSettings,
+    "serve": ServeSettings,
+}
 
 
 def _field_type(cls: type[Any], name: str) -> type[Any]:

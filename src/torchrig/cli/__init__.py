@@ -31,6 +31,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "compat",
         "Ask the knowledge base: torch build, CUDA, architectures, driver, GPU.",
     ),
+    "serve": (
+        "torchrig.cli.serve",
+        "serve",
+        "Serve a model repository over the Open Inference Protocol (V2); --demo to try it.",
+    ),
     "pack": (
         "torchrig.cli.pack",
         "pack",

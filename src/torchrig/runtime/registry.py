@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from torchrig.envlock.model import EnvLock
 from torchrig.errors import ModelNotFound, ModelNotReady, TorchrigError
 from torchrig.packaging.manifest import Manifest, TensorSpec
 from torchrig.repository import ModelConfig, Repository, VersionInfo, selected_versions
-from torchrig.runtime.batcher import Batcher
+from torchrig.runtime.batcher import Batcher, BatchRecord
 from torchrig.runtime.executor import Executor
 from torchrig.runtime.validation import validate_inputs
 
@@ -70,6 +71,8 @@ class ModelRegistry:
         self._versions: dict[tuple[str, int], ServedVersion] = {}
         self._model_errors: dict[str, str] = {}
         self._lock = asyncio.Lock()
+        # (model, version) -> per-batch observer for the version's Batcher (metrics)
+        self.batch_observer: Callable[[str, str], Callable[[BatchRecord], None]] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -147,12 +150,16 @@ class ModelRegistry:
             return
         served.executor = executor
         served.warnings = executor.warnings
+        observer = None
+        if self.batch_observer is not None:
+            observer = self.batch_observer(version.model, str(version.version))
         served.batcher = Batcher(
             executor,
             config.batching,
             instances=config.instances,
             batching=version.manifest.batching,
             name=f"{version.model}/{version.version}",
+            observer=observer,
         )
         served.state = "ready"
         for warning in executor.warnings:

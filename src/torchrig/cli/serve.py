@@ -1,0 +1,114 @@
+"""`torchrig serve REPO` / `torchrig serve --demo`: the V2 inference server."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from torchrig.errors import UsageError
+from torchrig.settings import load_settings, settings_options
+
+DEMO_ROWS = "[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]]"
+DEMO_SPARSE = "[[" + ", ".join(str(i * 37 % 1000) for i in range(26)) + "]]"
+
+
+def demo_banner(url: str) -> str:
+    curl_body = (
+        '{"inputs": ['
+        f'{{"name": "dense", "datatype": "FP32", "shape": [1, 13], "data": {DEMO_ROWS}}}, '
+        f'{{"name": "sparse", "datatype": "INT64", "shape": [1, 26], "data": {DEMO_SPARSE}}}]}}'
+    )
+    host = url.removeprefix("http://")
+    return f"""
+torchrig is serving the demo repository at {url}
+  models: ranker (13 dense FP32 + 26 sparse INT64 -> click probability), classifier
+
+  curl -s {url}/v2/health/ready -o /dev/null -w '%{{http_code}}\\n'
+  curl -s {url}/v2/models/ranker
+  curl -s -X POST {url}/v2/models/ranker/infer -d '{curl_body}'
+
+  python - <<'EOF'
+  import numpy as np, tritonclient.http as http
+  client = http.InferenceServerClient("{host}")
+  dense = http.InferInput("dense", [4, 13], "FP32")
+  dense.set_data_from_numpy(np.random.rand(4, 13).astype(np.float32))
+  sparse = http.InferInput("sparse", [4, 26], "INT64")
+  sparse.set_data_from_numpy(np.random.randint(0, 1000, (4, 26)))
+  print(client.infer("ranker", [dense, sparse]).as_numpy("probability"))
+  EOF
+
+  metrics: {url}/metrics    stop: Ctrl+C
+"""
+
+
+@click.command("serve")
+@click.argument("repository", required=False)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Build the demo repository in a temporary directory "
+    "and serve it (with REPOSITORY: build it there).",
+)
+@settings_options("serve")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML settings file with a [serve] table [env TORCHRIG_CONFIG].",
+)
+def serve(repository: str | None, demo: bool, config: Path | None, **options: Any) -> None:
+    """Serve a model repository over the Open Inference Protocol (V2 REST).
+
+    Endpoints: /v2/health/{live,ready}, /v2, /v2/models/M[/versions/V][/ready|/infer],
+    /v2/repository/index, /metrics. Logs: JSON lines on stdout (--log-format text for people).
+    """
+    settings = load_settings(config_file=config, overrides={"serve": options}).serve
+    if settings.log_format not in ("json", "text"):
+        raise UsageError(f"--log-format {settings.log_format!r}: use json or text.")
+    if not 0 <= settings.port <= 65535:
+        raise UsageError(f"--port {settings.port} is not a TCP port (0..65535).")
+    for name in ("max_body_mb", "request_timeout_s", "max_request_timeout_s", "drain_timeout_s"):
+        if getattr(settings, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive.")
+    if repository is None and not demo:
+        raise UsageError("give a model repository (a path or an fsspec URL), or --demo.")
+
+    from torchrig.server.logs import configure_logging
+    from torchrig.server.runner import build_state, make_server
+
+    configure_logging(settings.log_format, settings.log_level.upper())  # type: ignore[arg-type]
+    workdir: str | None = None
+    if demo:
+        from torchrig.demo import build_demo_repository
+
+        if repository is None:
+            workdir = tempfile.mkdtemp(prefix="torchrig-demo-")
+            repository = str(Path(workdir) / "models")
+        if not Path(repository).exists() or not any(Path(repository).iterdir()):
+            click.echo(f"building the demo repository in {repository} ...", err=True)
+            build_demo_repository(Path(repository))
+    if repository is None:  # pragma: no cover - excluded above
+        raise UsageError("give a model repository, or --demo.")
+    cache = Path(tempfile.mkdtemp(prefix="torchrig-cache-"))
+    try:
+        state = build_state(repository, settings, cache_dir=cache)
+
+        def ready(url: str) -> None:
+            import logging
+
+            logging.getLogger("torchrig.server").info("serving on %s", url, extra={"url": url})
+            if demo:
+                click.echo(demo_banner(url), err=True)
+
+        server = make_server(state, on_ready=ready)
+        server.run()
+        if not server.started:
+            sys.exit(2)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)

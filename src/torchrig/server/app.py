@@ -1,0 +1,386 @@
+"""The V2 (Open Inference Protocol) REST server as a plain ASGI callable.
+
+Endpoints decode into tensors (`torchrig.protocol`), hand them to the data plane
+(`ModelRegistry.infer`: validation, batcher, executor) and encode the answer; the hot
+path knows nothing about HTTP beyond this module. Every failure is a V2 error body
+`{"error": ...}` with its status; only real internal faults are 500, logged with the
+request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchrig import __version__
+from torchrig.errors import InvalidInput, PayloadTooLarge, QueueFull, TorchrigError
+from torchrig.runtime import ModelRegistry
+from torchrig.server.metrics import ServerMetrics
+from torchrig.settings import ServeSettings
+
+log = logging.getLogger("torchrig.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+JSON = "application/json"
+MODEL = r"(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(rf"^/v2/models/{MODEL}/infer$"), "infer"),
+    ("GET", re.compile(r"^/v2/health/live$"), "live"),
+    ("GET", re.compile(r"^/v2/health/ready$"), "ready"),
+    ("GET", re.compile(rf"^/v2/models/{MODEL}/ready$"), "model_ready"),
+    ("GET", re.compile(rf"^/v2/models/{MODEL}$"), "model_metadata"),
+    ("GET", re.compile(r"^/v2/?$"), "server_metadata"),
+    ("POST", re.compile(r"^/v2/repository/index$"), "repository_index"),
+    ("GET", re.compile(r"^/metrics$"), "metrics"),
+]
+
+
+@dataclass
+class ServerState:
+    """What the endpoints share: the models, the metrics, the settings, the lifecycle."""
+
+    registry: ModelRegistry
+    metrics: ServerMetrics
+    settings: ServeSettings
+    doctor_ok: bool = False
+    doctor_summary: str = "the startup doctor has not run yet"
+    started: bool = False
+    shutting_down: bool = False
+    inflight: int = 0
+    accepted: int = 0  # requests accepted since start (for tests and logs)
+    lifespan_hooks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+
+    def ready(self) -> bool:
+        return self.started and self.doctor_ok and not self.shutting_down and self.registry.ready()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+class V2App:
+    """ASGI application: `V2App(state)`; lifespan startup/shutdown run `state.lifespan_hooks`."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.max_body = int(state.settings.max_body_mb * 1024 * 1024)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "lifespan.startup":
+                try:
+                    if "startup" in self.state.lifespan_hooks:
+                        await self.state.lifespan_hooks["startup"]()
+                except Exception as exc:  # process boundary: report, don't serve
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif kind == "lifespan.shutdown":
+                try:
+                    if "shutdown" in self.state.lifespan_hooks:
+                        await self.state.lifespan_hooks["shutdown"]()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ---- HTTP --------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        handler, params, allowed = None, {}, []
+        for verb, pattern, name in ROUTES:
+            match = pattern.match(path)
+            if match:
+                if verb == method or (verb == "GET" and method == "HEAD"):
+                    handler, params = name, match.groupdict()
+                    break
+                allowed.append(verb)
+        if handler is None:
+            if allowed:
+                await _respond(
+                    send,
+                    405,
+                    _error(f"{method} is not allowed on {path}; use {' or '.join(allowed)}"),
+                    {"allow": ", ".join(allowed)},
+                )
+            else:
+                await _respond(send, 404, _error(f"no endpoint {path}; see GET /v2"))
+            return
+        if handler == "infer":
+            await self._infer(scope, receive, send, params)
+            return
+        try:
+            status, body, headers = await getattr(self, "_" + handler)(params, scope, receive)
+        except TorchrigError as exc:
+            status, body, headers = exc.status_code, _error(exc.message), {}
+        await _respond(send, status, body, headers)
+
+    async def _live(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        return 200, b"{}", {}
+
+    async def _ready(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        if self.state.ready():
+            return 200, b"{}", {}
+        return 503, _error(self._not_ready_reason()), {}
+
+    def _not_ready_reason(self) -> str:
+        state = self.state
+        if state.shutting_down:
+            return "the server is shutting down"
+        if not state.started:
+            return "the server is starting: models are loading"
+        if not state.doctor_ok:
+            return f"the startup doctor failed: {state.doctor_summary}"
+        problems = [f"{name}: {reason}" for name, reason in state.registry.model_errors().items()]
+        problems += [
+            f"{v.model}/{v.version} {v.state}" + (f" ({v.reason})" if v.reason else "")
+            for v in state.registry.versions()
+            if v.state != "ready"
+        ]
+        return "not every model is ready: " + ("; ".join(problems) or "no model loaded")
+
+    async def _server_metadata(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        from torchrig.protocol import server_metadata
+
+        return 200, server_metadata("torchrig", __version__, EXTENSIONS), {}
+
+    async def _model_metadata(
+        self, params: dict[str, str], *_: Any
+    ) -> tuple[int, bytes, dict[str, str]]:
+        from torchrig.protocol import model_metadata
+
+        meta = self.state.registry.metadata(params["model"], params.get("version"))
+        return (
+            200,
+            model_metadata(meta.name, meta.versions, meta.platform, meta.inputs, meta.outputs),
+            {},
+        )
+
+    async def _model_ready(
+        self, params: dict[str, str], *_: Any
+    ) -> tuple[int, bytes, dict[str, str]]:
+        if self.state.shutting_down:
+            return 503, _error("the server is shutting down"), {}
+        self.state.registry.resolve(params["model"], params.get("version"))  # raises 404/503
+        return 200, b"{}", {}
+
+    async def _repository_index(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        import msgspec
+
+        rows: list[dict[str, Any]] = [
+            {
+                "name": v.model,
+                "version": str(v.version),
+                "state": v.state.upper(),
+                "reason": v.reason or "",
+            }
+            for v in self.state.registry.versions()
+        ]
+        rows += [
+            {"name": name, "state": "UNAVAILABLE", "reason": reason}
+            for name, reason in self.state.registry.model_errors().items()
+        ]
+        return 200, msgspec.json.encode(rows), {}
+
+    async def _metrics(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        body, content_type = self.state.metrics.render()
+        return 200, body, {"content-type": content_type}
+
+    # ---- infer -------------------------------------------------------------------------------
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, params: dict[str, str]
+    ) -> None:
+        from torchrig.protocol import encode_infer_response
+
+        state = self.state
+        headers = _headers(scope)
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        model, version = params["model"], params.get("version")
+        started = time.perf_counter()
+        extra_headers: dict[str, str] = {"x-request-id": request_id}
+        served_version: str | None = version
+        state.inflight += 1
+        state.metrics.request_started(model)
+        outcome = "error"
+        try:
+            if state.shutting_down:
+                raise QueueFull(
+                    "the server is shutting down; retry on another replica", retry_after_s=1.0
+                )
+            served, request = await self._decode(model, version, headers, receive)
+            manifest = served.manifest
+            timeout = state.settings.request_timeout_s
+            if request.timeout_s is not None:
+                timeout = min(max(request.timeout_s, 0.0), state.settings.max_request_timeout_s)
+            state.accepted += 1
+            served, outputs = await state.registry.infer(
+                model, request.inputs, version=served.version, timeout_s=timeout
+            )
+            served_version = str(served.version)
+            payload, response_headers = encode_infer_response(
+                model_name=model,
+                model_version=served_version,
+                request_id=request.id,
+                outputs=outputs,
+                specs=manifest.outputs,
+                requested=request.outputs,
+                binary_output_default=request.binary_output_default,
+            )
+            extra_headers.update(response_headers)
+            outcome = "success"
+            await _respond(send, 200, payload, extra_headers, content_type=None)
+        except TorchrigError as exc:
+            outcome = _outcome(exc.status_code)
+            if isinstance(exc, QueueFull):
+                extra_headers["retry-after"] = str(int(exc.retry_after_s))
+            await _respond(send, exc.status_code, _error(exc.message), extra_headers)
+            if exc.status_code >= 500:
+                log.warning(
+                    "request failed: %s",
+                    exc.message,
+                    extra={
+                        "request_id": request_id,
+                        "model": model,
+                        "version": served_version,
+                        "status": exc.status_code,
+                    },
+                )
+        except Exception:  # request boundary: a real internal fault
+            log.exception(
+                "internal error",
+                extra={
+                    "request_id": request_id,
+                    "model": model,
+                    "version": served_version,
+                    "status": 500,
+                },
+            )
+            await _respond(
+                send,
+                500,
+                _error(f"internal error (request id {request_id}); the server log has the details"),
+                extra_headers,
+            )
+        finally:
+            state.inflight -= 1
+            state.metrics.request_finished(
+                model, served_version, outcome=outcome, duration_s=time.perf_counter() - started
+            )
+
+    async def _decode(
+        self, model: str, version: str | None, headers: dict[str, str], receive: Receive
+    ) -> tuple[Any, Any]:
+        """Read and decode a request for a ready model version: (served version, request)."""
+        from torchrig.protocol import BytesTensor, decode_infer_request
+
+        body = await self._read_body(headers, receive)
+        served = self.state.registry.resolve(model, version)
+        if served.manifest is None:  # pragma: no cover - a ready version has its manifest
+            raise InvalidInput(f"model {model} has no signature")
+        length = headers.get("inference-header-content-length")
+        try:
+            header_length = int(length) if length is not None else None
+        except ValueError:
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {length!r} is not an integer"
+            ) from None
+        request = decode_infer_request(
+            body,
+            header_length=header_length,
+            content_encoding=headers.get("content-encoding"),
+            max_body_bytes=self.max_body,
+            specs=served.manifest.inputs,
+        )
+        for name, value in request.inputs.items():
+            if isinstance(value, BytesTensor):
+                raise InvalidInput(
+                    f"model {model}: input {name} is BYTES; this model takes tensors only"
+                )
+        return served, request
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        declared = headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise InvalidInput(f"Content-Length {declared!r} is not an integer") from None
+            if size > self.max_body:
+                raise PayloadTooLarge(
+                    f"request body of {size} bytes exceeds the limit of {self.max_body} bytes "
+                    "(serve --max-body-mb)"
+                )
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("the client went away before sending the whole body")
+            chunk: bytes = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_body:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {self.max_body} bytes (serve --max-body-mb)"
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _outcome(status: int) -> str:
+    if status == 404:
+        return "not_found"
+    if status == 503:
+        return "unavailable"
+    if status == 504:
+        return "timeout"
+    if 400 <= status < 500:
+        return "bad_request"
+    return "error"
+
+
+def _error(message: str) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode({"error": message})
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    content_type: str | None = JSON,
+) -> None:
+    raw: list[tuple[bytes, bytes]] = []
+    given = {k.lower(): v for k, v in (headers or {}).items()}
+    if content_type is not None and "content-type" not in given:
+        given["content-type"] = content_type
+    given["content-length"] = str(len(body))
+    for key, value in given.items():
+        raw.append((key.encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

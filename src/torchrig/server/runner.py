@@ -1,0 +1,128 @@
+"""Running the server: build the app, start uvicorn, shut down in uvicorn's order.
+
+Startup: the quick doctor (its failures keep the server unready, with the reason), then
+every model the repository's policies select. SIGTERM/SIGINT: readiness goes false at
+once and new requests get 503, uvicorn stops accepting and waits for in-flight requests
+(up to the drain timeout), then the models are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torchrig.repository import Repository
+from torchrig.runtime import ModelRegistry
+from torchrig.server.app import ServerState, V2App
+from torchrig.settings import ServeSettings
+
+log = logging.getLogger("torchrig.server")
+
+
+def run_doctor(require_gpu: bool) -> tuple[bool, str]:
+    """The quick doctor, as the readiness gate: (passed, summary of the failures)."""
+    from torchrig.doctor import diagnose
+    from torchrig.facts import collect_snapshot
+
+    report = diagnose(collect_snapshot(), require_gpu=require_gpu)
+    failed = [r for r in report.checks if r.status == "fail"]
+    for res in report.checks:
+        if res.status in ("warn", "fail"):
+            log.warning("doctor %s %s: %s (fix: %s)", res.id, res.status, res.message, res.fix)
+    if not failed:
+        return True, "passed"
+    return False, "; ".join(f"{r.id}: {r.message}" for r in failed)
+
+
+def build_state(
+    repository: str | Path,
+    settings: ServeSettings,
+    *,
+    metrics_registry: Any | None = None,
+    cache_dir: Path | None = None,
+) -> ServerState:
+    """The app's shared state, with lifespan hooks that load and release the models."""
+    from prometheus_client import CollectorRegistry
+
+    from torchrig.envlock import take_lock
+    from torchrig.server.metrics import ServerMetrics
+
+    repo = Repository(repository, cache_dir=cache_dir)
+    registry = ModelRegistry(repo, device=settings.device or None)
+    metrics = ServerMetrics(metrics_registry or CollectorRegistry(), model_registry=registry)
+    state = ServerState(registry=registry, metrics=metrics, settings=settings)
+
+    async def startup() -> None:
+        state.doctor_ok, state.doctor_summary = await asyncio.to_thread(
+            run_doctor, settings.require_gpu
+        )
+        registry.environment = await asyncio.to_thread(take_lock)
+        registry.batch_observer = metrics.batch_observer
+        await registry.load_all()
+        state.started = True
+        for version in registry.versions():
+            log.info(
+                "model %s version %s %s%s",
+                version.model,
+                version.version,
+                version.state,
+                f": {version.reason}" if version.reason else "",
+                extra={"model": version.model, "version": str(version.version)},
+            )
+        for name, reason in registry.model_errors().items():
+            log.error("model %s not served: %s", name, reason, extra={"model": name})
+
+    async def shutdown() -> None:
+        state.shutting_down = True
+        await registry.close()
+        metrics.close()
+        log.info("models released")
+
+    state.lifespan_hooks = {"startup": startup, "shutdown": shutdown}
+    return state
+
+
+def make_server(state: ServerState, *, on_ready: Callable[[str], None] | None = None) -> Any:
+    """A uvicorn server for the app whose signal handling first flips readiness off."""
+    import uvicorn
+
+    settings = state.settings
+    config = uvicorn.Config(
+        V2App(state),
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        server_header=False,
+        h11_max_incomplete_event_size=64 * 1024,  # bounds the request line and headers
+    )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.shutting_down = True  # readiness false and 503s before anything else
+            log.info("signal %s: draining in-flight requests, then releasing models", sig)
+            super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and on_ready is not None:
+                on_ready(bound_url(self))
+
+    return Server(config)
+
+
+def bound_url(server: Any) -> str:
+    """The http:// URL the server actually listens on (port 0 resolved)."""
+    for srv in getattr(server, "servers", []):
+        for sock in srv.sockets:
+            host, port = sock.getsockname()[:2]
+            if ":" in host:
+                host = f"[{host}]"
+            return f"http://{host}:{port}"
+    return f"http://{server.config.host}:{server.config.port}"
