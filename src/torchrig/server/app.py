@@ -9,10 +9,11 @@ request id.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,10 @@ class V2App:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.max_body = int(state.settings.max_body_mb * 1024 * 1024)
+        # request ids: a random per-process prefix and a counter (uuid4 per request costs
+        # a system call on the hot path)
+        self._id_prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -215,7 +220,7 @@ class V2App:
 
         state = self.state
         headers = _headers(scope)
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids):x}"
         model, version = params["model"], params.get("version")
         started = time.perf_counter()
         extra_headers: dict[str, str] = {"x-request-id": request_id}
