@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import statistics
 import tempfile
 import time
@@ -83,7 +84,8 @@ async def measure(args: argparse.Namespace, repo: Path) -> None:
     )
     print(
         f"device {args.device}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-        f"max_batch_size {max_batch}; {args.runs} runs of {args.seconds:g} s, median"
+        f"instances {served.config.instances}; max_batch_size {max_batch}; "
+        f"{args.runs} runs of {args.seconds:g} s, median"
     )
     print(f"direct program call, batch {max_batch}: {direct:,.0f} rows/s")
     print(
@@ -113,11 +115,21 @@ def main() -> None:
         help="torch intra-op threads for both sides (0: torch's default). On a 2-core box, 1 "
         "leaves the event loop its own core, as a server process would have.",
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=0,
+        help="worker threads for the ranker (default: its config.toml)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         repo = build_demo_repository(Path(tmp) / "repo")
+        if args.instances:
+            config = repo / "ranker" / "config.toml"
+            text = re.sub(r"(?m)^instances = .*$", "", config.read_text())
+            config.write_text(f"instances = {args.instances}\n" + text)
         asyncio.run(measure(args, repo))
 
 
