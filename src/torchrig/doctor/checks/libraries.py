@@ -9,25 +9,12 @@ from torchrig.doctor.context import result, skip, visible_gpus, wheel_install
 from torchrig.doctor.cuda_errors import explain
 from torchrig.doctor.model import CheckContext, CheckResult
 from torchrig.errors import UnknownVersionError
+from torchrig.facts.libraries import LIBRARY_FAMILIES
 from torchrig.facts.model import Snapshot
 
-# Families the torch wheel ships itself (nvidia-* wheels); a copy from elsewhere shadows it.
-WHEEL_FAMILIES = frozenset(
-    {
-        "libcudnn",
-        "libnccl",
-        "libcublas",
-        "libcublasLt",
-        "libnvJitLink",
-        "libcudart",
-        "libcusparse",
-        "libcufft",
-        "libcurand",
-        "libcusolver",
-        "libnvrtc",
-        "libcupti",
-    }
-)
+# Families the torch wheel ships itself (nvidia-* wheels); a copy from elsewhere shadows
+# it. Only libcuda, the driver's own library, must come from the system.
+WHEEL_FAMILIES = frozenset(LIBRARY_FAMILIES) - {"libcuda"}
 
 
 def _cudnn_text(version: int) -> str:
