@@ -6,14 +6,14 @@ import os
 import sys
 from typing import Any
 
-import msgspec
 from rich.console import Console
+
+from torchrig.jsondoc import to_json
 
 
 def emit_json(value: Any) -> None:
     """Write `value` (msgspec Structs, dataclasses, dicts) as indented JSON on stdout."""
-    raw = msgspec.json.encode(value, order="sorted")
-    sys.stdout.write(msgspec.json.format(raw, indent=2).decode() + "\n")
+    sys.stdout.write(to_json(value).decode())
     sys.stdout.flush()
 
 

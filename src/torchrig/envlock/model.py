@@ -14,6 +14,7 @@ import msgspec
 
 from torchrig.errors import SnapshotError
 from torchrig.facts.model import Snapshot
+from torchrig.jsondoc import from_json, read_file, to_json
 
 LOCK_KIND = "torchrig-env-lock"
 LOCK_SCHEMA_VERSION = 1
@@ -42,48 +43,26 @@ class EnvLock(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def lock_to_json(lock: EnvLock) -> bytes:
-    raw = msgspec.json.encode(lock, order="sorted")
-    return msgspec.json.format(raw, indent=2) + b"\n"
+    return to_json(lock)
 
 
 def lock_from_json(data: bytes | str, *, origin: str = "lock") -> EnvLock:
     """Parse and validate a lock; every defect is a `SnapshotError` that names the fix."""
-    retake = "Take it again with `torchrig env snapshot -o FILE`."
-    try:
-        head = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise SnapshotError(
-            f"{origin} is not valid JSON ({exc}); it may be truncated. {retake}"
-        ) from None
-    if not isinstance(head, dict) or head.get("kind") != LOCK_KIND:
-        raise SnapshotError(
-            f'{origin} is not a torchrig environment lock (no "kind": "{LOCK_KIND}"). {retake}'
-        )
-    version = head.get("schema_version")
-    if version != LOCK_SCHEMA_VERSION:
-        raise SnapshotError(
-            f"{origin} has lock schema_version {version!r}; this torchrig reads schema "
-            f"{LOCK_SCHEMA_VERSION}. {retake}"
-        )
-    try:
-        return msgspec.convert(head, type=EnvLock)
-    except msgspec.ValidationError as exc:
-        raise SnapshotError(f"{origin} does not match the lock schema: {exc}. {retake}") from None
-
-
-def read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SnapshotError(f"{what} {path} does not exist.") from None
-    except IsADirectoryError:
-        raise SnapshotError(f"{what} {path} is a directory; give the JSON file.") from None
-    except OSError as exc:
-        raise SnapshotError(f"cannot read {what} {path}: {exc.strerror}.") from None
+    return from_json(
+        data,
+        EnvLock,
+        origin=origin,
+        what="environment lock",
+        schema="lock",
+        schema_version=LOCK_SCHEMA_VERSION,
+        error=SnapshotError,
+        fix="Take it again with `torchrig env snapshot -o FILE`.",
+        kind=LOCK_KIND,
+    )
 
 
 def load_lock(path: Path) -> EnvLock:
-    return lock_from_json(read_bytes(path, "lock file"), origin=str(path))
+    return lock_from_json(read_file(path, "lock file", SnapshotError), origin=str(path))
 
 
 def write_lock(lock: EnvLock, path: Path) -> None:
@@ -97,7 +76,7 @@ def load_any_snapshot(path: Path) -> Snapshot:
     """The snapshot of a snapshot file or of a lock file, whichever `path` holds."""
     from torchrig.facts.model import snapshot_from_json
 
-    data = read_bytes(path, "snapshot file")
+    data = read_file(path, "snapshot file", SnapshotError)
     try:
         head = msgspec.json.decode(data)
     except msgspec.DecodeError:

@@ -5,17 +5,16 @@ snapshot taken on a GPU node (or written by hand) can be judged anywhere. Every
 field that could not be collected is `None` (or an empty list) and, where the
 reason matters, the reason is kept in an `*_error` field: collecting never raises.
 
-Bump `SCHEMA_VERSION` on any incompatible change; `load_snapshot` refuses other
+Bump `SCHEMA_VERSION` on any incompatible change; `snapshot_from_json` refuses other
 schema versions with a clear message.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 
 from torchrig.errors import SnapshotError
+from torchrig.jsondoc import from_json, to_json
 
 SCHEMA_VERSION = 1
 
@@ -203,45 +202,18 @@ class Snapshot(_Fact, frozen=True, kw_only=True):
 
 def snapshot_to_json(snapshot: Snapshot) -> bytes:
     """Stable, diff-friendly JSON: sorted keys, two-space indent, trailing newline."""
-    raw = msgspec.json.encode(snapshot, order="sorted")
-    return msgspec.json.format(raw, indent=2) + b"\n"
+    return to_json(snapshot)
 
 
 def snapshot_from_json(data: bytes | str, *, origin: str = "snapshot") -> Snapshot:
     """Parse and validate a snapshot; every defect becomes a `SnapshotError` naming the fix."""
-    try:
-        head = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise SnapshotError(
-            f"{origin} is not valid JSON ({exc}); it may be truncated. "
-            "Take a new one with `torchrig doctor --save-snapshot FILE`."
-        ) from None
-    if not isinstance(head, dict):
-        raise SnapshotError(
-            f"{origin} is not a torchrig snapshot (a JSON object is expected). "
-            "Take one with `torchrig doctor --save-snapshot FILE`."
-        )
-    version = head.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise SnapshotError(
-            f"{origin} has schema_version {version!r}; this torchrig reads schema "
-            f"{SCHEMA_VERSION}. Take the snapshot again with this torchrig version."
-        )
-    try:
-        return msgspec.convert(head, type=Snapshot)
-    except msgspec.ValidationError as exc:
-        raise SnapshotError(
-            f"{origin} does not match the snapshot schema: {exc}. "
-            "Fix that field or take a new snapshot."
-        ) from None
-
-
-def load_snapshot(path: Path) -> Snapshot:
-    """Read a snapshot file, with clear errors for a missing or unreadable file."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SnapshotError(f"snapshot file {path} does not exist.") from None
-    except OSError as exc:
-        raise SnapshotError(f"cannot read snapshot file {path}: {exc.strerror}.") from None
-    return snapshot_from_json(data, origin=str(path))
+    return from_json(
+        data,
+        Snapshot,
+        origin=origin,
+        what="snapshot",
+        schema="snapshot",
+        schema_version=SCHEMA_VERSION,
+        error=SnapshotError,
+        fix="Take a new one with `torchrig doctor --save-snapshot FILE`.",
+    )

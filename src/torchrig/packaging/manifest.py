@@ -14,6 +14,7 @@ import msgspec
 
 from torchrig.envlock.model import EnvLock
 from torchrig.errors import ArtifactError
+from torchrig.jsondoc import from_json, to_json
 
 MANIFEST_KIND = "torchrig-model"
 MANIFEST_SCHEMA_VERSION = 1
@@ -73,30 +74,19 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def manifest_to_json(manifest: Manifest) -> bytes:
-    raw = msgspec.json.encode(manifest, order="sorted")
-    return msgspec.json.format(raw, indent=2) + b"\n"
+    return to_json(manifest)
 
 
 def manifest_from_json(data: bytes | str, *, origin: str = MANIFEST_FILE) -> Manifest:
     """Parse and validate a manifest; every defect is an `ArtifactError` naming the file."""
-    try:
-        head = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ArtifactError(
-            f"{origin} is not valid JSON ({exc}); the version may be half-written. "
-            "Copy the version again, or re-pack it with `torchrig pack`."
-        ) from None
-    if not isinstance(head, dict) or head.get("kind") != MANIFEST_KIND:
-        raise ArtifactError(
-            f'{origin} is not a torchrig model manifest (no "kind": "{MANIFEST_KIND}"); '
-            "create the version with `torchrig pack`."
-        )
-    if head.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{origin} has manifest schema_version {head.get('schema_version')!r}; this "
-            f"torchrig reads {MANIFEST_SCHEMA_VERSION}. Re-pack it with this torchrig."
-        )
-    try:
-        return msgspec.convert(head, type=Manifest)
-    except msgspec.ValidationError as exc:
-        raise ArtifactError(f"{origin} does not match the manifest schema: {exc}.") from None
+    return from_json(
+        data,
+        Manifest,
+        origin=origin,
+        what="model manifest",
+        schema="manifest",
+        schema_version=MANIFEST_SCHEMA_VERSION,
+        error=ArtifactError,
+        fix="Copy the version again, or re-pack it with `torchrig pack` (this torchrig).",
+        kind=MANIFEST_KIND,
+    )
