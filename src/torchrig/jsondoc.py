@@ -1,4 +1,5 @@
-"""Versioned JSON documents: the facts snapshot, the env lock, the model manifest.
+"""Versioned JSON documents: the facts snapshot, the env lock, the model manifest, and the
+data files shipped in the package (the compat knowledge base, the image data).
 
 One way to write them (stable: sorted keys, two-space indent, trailing newline, so they
 diff well) and one way to read them back, where every defect -- not JSON, not this kind
@@ -73,3 +74,26 @@ def read_file(path: Path, what: str, error: type[TorchrigError]) -> bytes:
         raise error(f"{what} {path} is a directory; give the JSON file.") from None
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror}.") from None
+
+
+def package_data(package: str, name: str, target: type[T], *, schema_version: int) -> T:
+    """A data file shipped in `package`/data/, decoded and schema-checked.
+
+    A defect here is a packaging bug, not user input: it raises `KnowledgeBaseError`.
+    """
+    from importlib import resources
+
+    from torchrig.errors import KnowledgeBaseError
+
+    label = f"{package}/data/{name}"
+    try:
+        raw = resources.files(package).joinpath("data").joinpath(name).read_bytes()
+        data = msgspec.json.decode(raw, type=target)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise KnowledgeBaseError(f"data file {label} is unreadable: {exc}") from exc
+    version = getattr(data, "schema_version", None)
+    if version != schema_version:
+        raise KnowledgeBaseError(
+            f"data file {label} has schema_version {version}, expected {schema_version}"
+        )
+    return data

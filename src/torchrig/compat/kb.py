@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import re
-from importlib import resources
 from typing import TypeVar
 
 import msgspec
@@ -27,6 +26,7 @@ from torchrig.compat.versions import (
     split_arch,
 )
 from torchrig.errors import KnowledgeBaseError
+from torchrig.jsondoc import package_data
 
 SCHEMA_VERSION = 1
 _T = TypeVar("_T")
@@ -264,21 +264,8 @@ def _build_release(record: _ReleaseRecord, pattern: str) -> TorchRelease:
     )
 
 
-def _read(name: str) -> bytes:
-    return resources.files("torchrig.compat").joinpath("data").joinpath(name).read_bytes()
-
-
 def _decode(name: str, kind: type[_T]) -> _T:
-    try:
-        data = msgspec.json.decode(_read(name), type=kind)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise KnowledgeBaseError(f"compat data file {name} is unreadable: {exc}") from exc
-    version = getattr(data, "schema_version", None)
-    if version != SCHEMA_VERSION:
-        raise KnowledgeBaseError(
-            f"compat data file {name} has schema_version {version}, expected {SCHEMA_VERSION}"
-        )
-    return data
+    return package_data("torchrig.compat", name, kind, schema_version=SCHEMA_VERSION)
 
 
 @functools.cache

@@ -7,11 +7,10 @@ whether it was verified; the file is read on first use, never at import time.
 from __future__ import annotations
 
 import functools
-from importlib import resources
 
 import msgspec
 
-from torchrig.errors import KnowledgeBaseError
+from torchrig.jsondoc import package_data
 
 SCHEMA_VERSION = 1
 
@@ -54,13 +53,4 @@ class ImageData(msgspec.Struct, frozen=True):
 @functools.cache
 def load_image_data() -> ImageData:
     """The image data file, decoded once and cached."""
-    raw = resources.files("torchrig.image").joinpath("data").joinpath("images.json").read_bytes()
-    try:
-        data = msgspec.json.decode(raw, type=ImageData)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise KnowledgeBaseError(f"image data file images.json is unreadable: {exc}") from exc
-    if data.schema_version != SCHEMA_VERSION:
-        raise KnowledgeBaseError(
-            f"images.json has schema_version {data.schema_version}, expected {SCHEMA_VERSION}"
-        )
-    return data
+    return package_data("torchrig.image", "images.json", ImageData, schema_version=SCHEMA_VERSION)
