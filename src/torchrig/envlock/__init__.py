@@ -85,19 +85,7 @@ def diff(
     """The semantic diff of A (reference) and B (candidate), breaking differences first."""
     found = lock_rules(a, b, model_dependencies)
     found.extend(generic_differences(a.snapshot, b.snapshot, OWNED_KEYS))
-    order = {s: i for i, s in enumerate(SEVERITIES)}
-    found.sort(key=lambda d: order[d.severity])  # stable: rule order within a severity
-    counts = {s: sum(1 for d in found if d.severity == s) for s in SEVERITIES}
-    return DiffReport(
-        a=a_origin,
-        b=b_origin,
-        a_summary=summary(a.snapshot),
-        b_summary=summary(b.snapshot),
-        breaking=counts["breaking"],
-        risky=counts["risky"],
-        info=counts["info"],
-        differences=found,
-    )
+    return _report(found, a, b, a_origin, b_origin)
 
 
 def diff_for_load(exported: EnvLock, running: EnvLock, *, device_specific: bool) -> DiffReport:
@@ -113,14 +101,21 @@ def diff_for_load(exported: EnvLock, running: EnvLock, *, device_specific: bool)
     if device_specific:
         chosen += [rules.cuda_build, rules.gpus]
     found = [d for rule in chosen for d in rule(exported.snapshot, running.snapshot)]
+    return _report(found, exported, running, "exporting environment", "this server")
+
+
+def _report(
+    found: list[Difference], a: EnvLock, b: EnvLock, a_origin: str, b_origin: str
+) -> DiffReport:
+    """Breaking differences first (rule order kept within a severity), with the counts."""
     order = {s: i for i, s in enumerate(SEVERITIES)}
     found.sort(key=lambda d: order[d.severity])
     counts = {s: sum(1 for d in found if d.severity == s) for s in SEVERITIES}
     return DiffReport(
-        a="exporting environment",
-        b="this server",
-        a_summary=summary(exported.snapshot),
-        b_summary=summary(running.snapshot),
+        a=a_origin,
+        b=b_origin,
+        a_summary=summary(a.snapshot),
+        b_summary=summary(b.snapshot),
         breaking=counts["breaking"],
         risky=counts["risky"],
         info=counts["info"],
