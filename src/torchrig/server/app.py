@@ -57,8 +57,6 @@ class ServerState:
     doctor_summary: str = "the startup doctor has not run yet"
     started: bool = False
     shutting_down: bool = False
-    inflight: int = 0
-    accepted: int = 0  # requests accepted since start (for tests and logs)
     lifespan_hooks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
     def ready(self) -> bool:
@@ -225,7 +223,6 @@ class V2App:
         started = time.perf_counter()
         extra_headers: dict[str, str] = {"x-request-id": request_id}
         served_version: str | None = version
-        state.inflight += 1
         state.metrics.request_started(model)
         outcome = "error"
         try:
@@ -238,7 +235,6 @@ class V2App:
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
                 timeout = min(max(request.timeout_s, 0.0), state.settings.max_request_timeout_s)
-            state.accepted += 1
             served, outputs = await state.registry.infer(
                 model, request.inputs, version=served.version, timeout_s=timeout
             )
@@ -288,7 +284,6 @@ class V2App:
                 extra_headers,
             )
         finally:
-            state.inflight -= 1
             state.metrics.request_finished(
                 model, served_version, outcome=outcome, duration_s=time.perf_counter() - started
             )
