@@ -4,57 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import torch
 
+from doubles import Doubler, rows, until_async
 from torchrig.errors import DeadlineExceeded, InferenceFailed, QueueFull
 from torchrig.repository.config import BatchingConfig
 from torchrig.runtime.batcher import Batcher, BatchRecord
-
-
-class Doubler:
-    """A tiny real model: y = 2x, which can be held at a gate and poisoned by a value."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.seen_rows: list[int] = []
-        self.poison = float("nan")
-
-    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        self.entered.set()
-        self.gate.wait(30)
-        x = inputs["x"]
-        self.seen_rows.append(x.shape[0])
-        if bool((x == self.poison).any()):
-            raise ValueError("poisoned row")
-        return {"y": x * 2}
-
-
-def until(condition: Any, timeout_s: float = 10.0) -> None:
-    """Poll a condition with a deadline (no sleep standing in for it)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.001)
-
-
-async def until_async(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.001)
-
-
-def rows(start: float, count: int) -> dict[str, Any]:
-    return {"x": torch.arange(start, start + count, dtype=torch.float32).reshape(count, 1)}
 
 
 def test_concurrent_callers_form_batches_and_get_their_own_rows() -> None:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from doubles import Doubler, rows, until_async
 from torchrig.errors import InferenceFailed
 from torchrig.facts.nvml import read_nvml
 from torchrig.packaging import pack
@@ -24,24 +22,6 @@ from torchrig.runtime.batcher import Batcher, BatchRecord
 from torchrig.server.metrics import ServerMetrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-class Doubler:
-    """A tiny real model: y = 2x; a row equal to `poison` makes its batch fail."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.poison = float("nan")
-
-    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        self.entered.set()
-        self.gate.wait(30)
-        x = inputs["x"]
-        if bool((x == self.poison).any()):
-            raise ValueError("poisoned row")
-        return {"y": x * 2}
 
 
 class Tripler(torch.nn.Module):
@@ -65,18 +45,6 @@ def scrape(metrics: ServerMetrics) -> tuple[Samples, set[str]]:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
-
-
-def rows(start: float, count: int) -> dict[str, Any]:
-    return {"x": torch.arange(start, start + count, dtype=torch.float32).reshape(count, 1)}
-
-
-async def until_async(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.001)
 
 
 def test_requests_are_counted_by_outcome() -> None:
