@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchrig.facts.model import Snapshot
 from torchrig.repository import Repository
 from torchrig.runtime import ModelRegistry
 from torchrig.server.app import ServerState, V2App
@@ -23,12 +24,11 @@ from torchrig.settings import ServeSettings
 log = logging.getLogger("torchrig.server")
 
 
-def run_doctor(require_gpu: bool) -> tuple[bool, str]:
+def run_doctor(snapshot: Snapshot, require_gpu: bool) -> tuple[bool, str]:
     """The quick doctor, as the readiness gate: (passed, summary of the failures)."""
     from torchrig.doctor import diagnose
-    from torchrig.facts import collect_snapshot
 
-    report = diagnose(collect_snapshot(), require_gpu=require_gpu)
+    report = diagnose(snapshot, require_gpu=require_gpu)
     failed = [r for r in report.checks if r.status == "fail"]
     for res in report.checks:
         if res.status in ("warn", "fail"):
@@ -57,10 +57,11 @@ def build_state(
     state = ServerState(registry=registry, metrics=metrics, settings=settings)
 
     async def startup() -> None:
-        state.doctor_ok, state.doctor_summary = await asyncio.to_thread(
-            run_doctor, settings.require_gpu
-        )
-        registry.environment = await asyncio.to_thread(take_lock)
+        # one collection serves both: the doctor judges the lock's snapshot, and the lock
+        # is what model versions are compared with at load
+        lock = await asyncio.to_thread(take_lock)
+        state.doctor_ok, state.doctor_summary = run_doctor(lock.snapshot, settings.require_gpu)
+        registry.environment = lock
         registry.batch_observer = metrics.batch_observer
         await registry.load_all()
         state.started = True
