@@ -256,15 +256,21 @@ class ModelRegistry:
     ) -> tuple[ServedVersion, dict[str, Any]]:
         """Validate, queue, and return (the version that served, its outputs)."""
         served = self.resolve(name, version)
+        return served, await self.infer_on(served, inputs, timeout_s=timeout_s)
+
+    async def infer_on(
+        self, served: ServedVersion, inputs: dict[str, Any], *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Validate and queue on a version already resolved (the server resolves it once to
+        decode the request against its signature)."""
         manifest, batcher = served.manifest, served.batcher
         if manifest is None or batcher is None:
-            raise ModelNotReady(f"model {name} version {served.version} is not ready")
+            raise ModelNotReady(f"model {served.model} version {served.version} is not ready")
         rows = validate_inputs(
-            f"{name}/{served.version}",
+            f"{served.model}/{served.version}",
             manifest.inputs,
             inputs,
             batching=manifest.batching,
             max_batch_size=batcher.max_batch_size,
         )
-        outputs = await batcher.infer(inputs, rows=rows, timeout_s=timeout_s)
-        return served, outputs
+        return await batcher.infer(inputs, rows=rows, timeout_s=timeout_s)

@@ -235,9 +235,7 @@ class V2App:
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
                 timeout = min(max(request.timeout_s, 0.0), state.settings.max_request_timeout_s)
-            served, outputs = await state.registry.infer(
-                model, request.inputs, version=served.version, timeout_s=timeout
-            )
+            outputs = await state.registry.infer_on(served, request.inputs, timeout_s=timeout)
             served_version = str(served.version)
             payload, response_headers = encode_infer_response(
                 model_name=model,
