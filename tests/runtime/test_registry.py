@@ -198,3 +198,31 @@ def test_a_version_exported_elsewhere_is_refused_and_reported(repo: Path, tmp_pa
             await registry.close()
 
     run(main())
+
+
+def test_an_unusable_device_fails_that_version_with_the_fix(tmp_path: Path) -> None:
+    config = ModelConfig(device="cuda:99")  # no CUDA here; no machine has 100 GPUs
+    pack(
+        Scorer().eval(),
+        examples(4),
+        name="gpu_only",
+        repository=tmp_path,
+        version=1,
+        config=config,
+        output_names=["score"],
+    )
+
+    async def main() -> None:
+        registry = ModelRegistry(Repository(tmp_path))
+        await registry.load_all()
+        try:
+            (served,) = registry.versions()
+            assert served.state == "failed"
+            reason = served.reason or ""
+            assert "cuda:99" in reason
+            assert "CUDA is not available" in reason or "does not exist" in reason
+            assert 'set device = "cpu"' in reason
+        finally:
+            await registry.close()
+
+    run(main())

@@ -25,24 +25,21 @@ DTYPES = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16"}
 
 
 def resolve_device(requested: str) -> str:
-    """ "auto" -> cuda:0 when CUDA works, else cpu; "cuda" -> cuda:0; errors name the fix."""
+    """ "auto" -> cuda:0 when CUDA works, else cpu; "cuda" -> cuda:0; anything else is
+    checked (CUDA usable, index exists) by the packaging layer's resolver."""
     import torch
+
+    from torchrig.packaging.program import resolve_device as usable_device
 
     if requested == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        index = int(requested.split(":", 1)[1]) if ":" in requested else 0
-        if not torch.cuda.is_available():
-            raise ArtifactError(
-                f"device {requested} was asked for but CUDA is not available here; run "
-                '`torchrig doctor` or set device = "cpu" (or "auto") in config.toml'
-            )
-        if index >= torch.cuda.device_count():
-            raise ArtifactError(
-                f"device cuda:{index} does not exist ({torch.cuda.device_count()} visible)"
-            )
-        return f"cuda:{index}"
-    return "cpu"
+    try:
+        device = usable_device(requested)
+    except ArtifactError as exc:
+        raise ArtifactError(
+            f'{exc.message} Or set device = "cpu" (or "auto") in the model\'s config.toml.'
+        ) from None
+    return f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
 
 
 def check_environment(manifest: Manifest, running: EnvLock | None) -> list[str]:
