@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torchrig.doctor.model import CheckResult, Status
+from torchrig.facts.libraries import is_from_wheel
 from torchrig.facts.model import GpuFacts, Snapshot
 
 GIB = 1024**3
@@ -89,4 +90,4 @@ def wheel_install(snapshot: Snapshot) -> bool:
     torch = snapshot.torch
     if torch is None or torch.location is None:
         return False
-    return "site-packages" in torch.location or "dist-packages" in torch.location
+    return is_from_wheel(torch.location)
