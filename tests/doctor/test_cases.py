@@ -237,6 +237,14 @@ def test_cudnn_major_mismatch_fails() -> None:
     assert one(report, "libs.cudnn").status == "fail"
 
 
+def test_cudnn_8_in_its_own_encoding_against_a_cudnn_9_build_fails() -> None:
+    # cuDNN before 9 encodes major*1000 (8.9.7 -> 8907), from 9 on major*10000
+    report = diagnose(node(torch_extra={"cudnn_version": 8907, "cudnn_compile_version": 91002}))
+    cudnn = one(report, "libs.cudnn")
+    assert cudnn.status == "fail"
+    assert "cuDNN 8.9.7 is loaded" in cudnn.message
+
+
 def test_memory_limit_below_gpu_memory_warns() -> None:
     from torchrig.facts.model import CgroupFacts
 

@@ -17,6 +17,7 @@ from torchrig.envlock.model import Distribution, EnvLock
 from torchrig.envlock.report import Difference, Severity
 from torchrig.errors import UnknownVersionError
 from torchrig.facts.model import Snapshot
+from torchrig.facts.torch_build import cudnn_text, decode_cudnn_version
 
 # snapshot keys (dotted prefixes) whose differences the rules below report
 OWNED_KEYS = (
@@ -244,19 +245,13 @@ def gpus(a: Snapshot, b: Snapshot) -> list[Difference]:
     return out
 
 
-def _cudnn_text(version: int | None) -> str | None:
-    if version is None:
-        return None
-    return f"{version // 10000}.{version % 10000 // 100}.{version % 100}"
-
-
 def cudnn(a: Snapshot, b: Snapshot) -> list[Difference]:
     va = a.torch.cudnn_version if a.torch else None
     vb = b.torch.cudnn_version if b.torch else None
     if va == vb or va is None or vb is None:
         return []
-    ta, tb = _cudnn_text(va), _cudnn_text(vb)
-    if va // 10000 != vb // 10000:
+    ta, tb = cudnn_text(va), cudnn_text(vb)
+    if decode_cudnn_version(va)[0] != decode_cudnn_version(vb)[0]:
         return [
             _diff(
                 "breaking",

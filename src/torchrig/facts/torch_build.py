@@ -142,6 +142,18 @@ def encode_cudnn_version(major: int, minor: int, patch: int) -> int:
     return major * 1000 + minor * 100 + patch
 
 
+def decode_cudnn_version(version: int) -> tuple[int, int, int]:
+    """The inverse of `encode_cudnn_version`: 91002 -> (9, 10, 2), 8907 -> (8, 9, 7)."""
+    if version >= 10000:
+        return version // 10000, version % 10000 // 100, version % 100
+    return version // 1000, version % 1000 // 100, version % 100
+
+
+def cudnn_text(version: int) -> str:
+    """A cuDNN version integer for people: 91002 -> "9.10.2"."""
+    return ".".join(str(part) for part in decode_cudnn_version(version))
+
+
 def format_nccl_version(version: object) -> str | None:
     """`torch.cuda.nccl.version()` as "2.27.5": a tuple, or an int on old torch releases."""
     if isinstance(version, tuple):

@@ -11,17 +11,11 @@ from torchrig.doctor.model import CheckContext, CheckResult
 from torchrig.errors import UnknownVersionError
 from torchrig.facts.libraries import LIBRARY_FAMILIES
 from torchrig.facts.model import Snapshot
+from torchrig.facts.torch_build import cudnn_text, decode_cudnn_version
 
 # Families the torch wheel ships itself (nvidia-* wheels); a copy from elsewhere shadows
 # it. Only libcuda, the driver's own library, must come from the system.
 WHEEL_FAMILIES = frozenset(LIBRARY_FAMILIES) - {"libcuda"}
-
-
-def _cudnn_text(version: int) -> str:
-    """91002 -> "9.10.2" (cuDNN >= 9 encodes major*10000 + minor*100 + patch)."""
-    if version >= 10000:
-        return f"{version // 10000}.{version % 10000 // 100}.{version % 100}"
-    return f"{version // 1000}.{version % 1000 // 100}.{version % 100}"
 
 
 def _expected(snapshot: Snapshot) -> compat.VariantInfo | None:
@@ -79,15 +73,18 @@ def check_cudnn(ctx: CheckContext) -> list[CheckResult]:
                 "torch==<version> --index-url <its CUDA index>)",
             )
         ]
-    loaded = _cudnn_text(runtime)
+    loaded = cudnn_text(runtime)
     compiled = torch.cudnn_compile_version
-    if compiled is not None and compiled // 10000 != runtime // 10000 and runtime >= 10000:
+    if (
+        compiled is not None
+        and decode_cudnn_version(compiled)[0] != decode_cudnn_version(runtime)[0]
+    ):
         return [
             result(
                 "libs.cudnn",
                 "fail",
                 f"cuDNN {loaded} is loaded but torch was built against cuDNN "
-                f"{_cudnn_text(compiled)}: the major versions differ",
+                f"{cudnn_text(compiled)}: the major versions differ",
                 "remove the other cuDNN from LD_LIBRARY_PATH so the wheel's own loads",
             )
         ]
@@ -96,7 +93,7 @@ def check_cudnn(ctx: CheckContext) -> list[CheckResult]:
             result(
                 "libs.cudnn",
                 "warn",
-                f"cuDNN {loaded} is older than the {_cudnn_text(compiled)} torch was built with",
+                f"cuDNN {loaded} is older than the {cudnn_text(compiled)} torch was built with",
                 "let the wheel's nvidia-cudnn package load (check LD_LIBRARY_PATH), or upgrade it",
             )
         ]
