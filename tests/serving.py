@@ -15,10 +15,20 @@ from torchrig.settings import ServeSettings
 
 
 @contextmanager
-def running(repository: Path, settings: ServeSettings | None = None) -> Iterator[tuple[str, Any]]:
+def running(
+    repository: Path | str,
+    settings: ServeSettings | None = None,
+    *,
+    management_token: str | None = None,
+    cache_dir: Path | None = None,
+) -> Iterator[tuple[str, Any]]:
     """Start the server in a thread on a socket bound to port 0; yield (url, state)."""
     settings = settings or ServeSettings(port=0, log_format="text")
-    state = build_state(repository, settings, cache_dir=repository.parent / "cache")
+    if cache_dir is None:
+        cache_dir = Path(repository).parent / "cache"
+    state = build_state(
+        repository, settings, cache_dir=cache_dir, management_token=management_token
+    )
     server = make_server(state)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

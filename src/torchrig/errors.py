@@ -113,6 +113,30 @@ class DeadlineExceeded(TorchrigError):
     status_code = 504
 
 
+class InsufficientMemory(TorchrigError):
+    """Device memory ran out even for the smallest piece of a request (one row)."""
+
+    status_code = 507
+
+
+class DeviceUnhealthy(TorchrigError):
+    """An error poisoned the device context (CUDA): this replica must be restarted."""
+
+    status_code = 503
+
+
+class Unauthorized(TorchrigError):
+    """A management request without the right bearer token."""
+
+    status_code = 401
+
+
+class ManagementDisabled(TorchrigError):
+    """The model management API is off (no token configured, or another control mode)."""
+
+    status_code = 403
+
+
 class InferenceFailed(TorchrigError):
     """The model raised while running a batch; every request of the batch gets this."""
 

@@ -126,6 +126,25 @@ class ServeSettings:
         default=False,
         metadata=_option("The startup doctor fails (server never ready) without a usable GPU."),
     )
+    control_mode: str = dataclasses.field(
+        default="none",
+        metadata=_option(
+            "How models change while serving: none (loaded at start), poll (follow the "
+            "repository every --poll-interval-s) or explicit (the management API loads and "
+            "unloads)."
+        ),
+    )
+    poll_interval_s: float = dataclasses.field(
+        default=10.0,
+        metadata=_option("With --control-mode poll: seconds between two looks at the repository."),
+    )
+    management_token_file: str = dataclasses.field(
+        default="",
+        metadata=_option(
+            "File holding the bearer token of the management API (or set "
+            "TORCHRIG_SERVE_MANAGEMENT_TOKEN); without a token the API is off."
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

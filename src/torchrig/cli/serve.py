@@ -64,16 +64,31 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
     """Serve a model repository over the Open Inference Protocol (V2 REST).
 
     Endpoints: /v2/health/{live,ready}, /v2, /v2/models/M[/versions/V][/ready|/infer],
-    /v2/repository/index, /metrics. Logs: JSON lines on stdout (--log-format text for people).
+    /v2/repository/index, /v2/repository/models/M/{load,unload} (--control-mode explicit,
+    with a token in TORCHRIG_SERVE_MANAGEMENT_TOKEN or --management-token-file), /metrics.
+    Logs: JSON lines on stdout (--log-format text for people).
     """
     settings = load_settings(config_file=config, overrides={"serve": options}).serve
     if settings.log_format not in ("json", "text"):
         raise UsageError(f"--log-format {settings.log_format!r}: use json or text.")
     if not 0 <= settings.port <= 65535:
         raise UsageError(f"--port {settings.port} is not a TCP port (0..65535).")
-    for name in ("max_body_mb", "request_timeout_s", "max_request_timeout_s", "drain_timeout_s"):
+    for name in (
+        "max_body_mb",
+        "request_timeout_s",
+        "max_request_timeout_s",
+        "drain_timeout_s",
+        "poll_interval_s",
+    ):
         if getattr(settings, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive.")
+    from torchrig.server.management import CONTROL_MODES, read_management_token
+
+    if settings.control_mode not in CONTROL_MODES:
+        raise UsageError(
+            f"--control-mode {settings.control_mode!r}: use {', '.join(CONTROL_MODES)}."
+        )
+    token = read_management_token(settings.management_token_file)
     if repository is None and not demo:
         raise UsageError("give a model repository (a path or an fsspec URL), or --demo.")
 
@@ -95,7 +110,7 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
         raise UsageError("give a model repository, or --demo.")
     cache = Path(tempfile.mkdtemp(prefix="torchrig-cache-"))
     try:
-        state = build_state(repository, settings, cache_dir=cache)
+        state = build_state(repository, settings, cache_dir=cache, management_token=token)
 
         def ready(url: str) -> None:
             import logging

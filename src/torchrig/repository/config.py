@@ -13,6 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from torchrig.errors import RepositoryError
+from torchrig.repository.budget import parse_memory_budget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +48,15 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     channels_last: bool | None = None  # None: on for 4-D float inputs on CUDA
     instances: int = 1  # executor workers (threads) for this model
     warmup: bool = True  # run every preferred batch size once before ready
+    # On CUDA: capture a CUDA graph per warm-up batch size for each instance; a batch runs
+    # in the smallest graph that holds it (padded). A capture failure falls back to eager.
+    # Capturing runs each size, so `warmup = false` turns it off too.
+    cuda_graphs: bool = True
+    # torch.compile the program before warm-up ("off" by default: compiling takes minutes
+    # for large models); a compile failure falls back to eager with a warning.
+    compile: Literal["off", "default", "max-autotune-no-cudagraphs"] = "off"
+    # checked at load: bytes with a unit ("4GiB") or a fraction of device memory (0.5)
+    memory_budget: str | float | None = None
     version_policy: VersionPolicy = VersionPolicy()
 
 
@@ -69,6 +79,11 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
         problems.append(f'device {config.device!r} must be "auto", "cpu", "cuda" or "cuda:N"')
     if config.instances < 1:
         problems.append("instances must be >= 1")
+    if config.memory_budget is not None:
+        try:
+            parse_memory_budget(config.memory_budget)
+        except ValueError as exc:
+            problems.append(str(exc))
     policy = config.version_policy
     if policy.policy == "latest" and policy.latest < 1:
         problems.append("version_policy.latest must be >= 1")
@@ -94,7 +109,8 @@ def parse_config(text: str, *, origin: str = CONFIG_FILE) -> ModelConfig:
             hint = (
                 " Known keys: batching.{max_batch_size, max_queue_delay_ms, "
                 "preferred_batch_sizes, max_queue_size}, device, dtype, channels_last, "
-                "instances, warmup, version_policy.{policy, latest, versions}."
+                "instances, warmup, cuda_graphs, compile, memory_budget, "
+                "version_policy.{policy, latest, versions}."
             )
         raise RepositoryError(f"{origin}: {message}.{hint}") from None
     return _check(config, origin)

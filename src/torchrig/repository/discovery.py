@@ -4,11 +4,20 @@ A version counts only when its manifest.json parses, names this model and versio
 every file it lists is present with the recorded size and sha256 — so a half-copied
 upload is reported as incomplete, never loaded. Discovery only reads; loading,
 readiness and versions in service belong to `torchrig.runtime`.
+
+A repository that is polled is indexed again and again: a version whose manifest and
+files (name, size, stamp) are unchanged since it was last verified is not hashed again,
+so a poll costs listings, not reads of every weight file (which, on s3://, would mean
+downloading every model at every interval).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import msgspec
@@ -43,8 +52,49 @@ class RepositoryIndex(msgspec.Struct, frozen=True, kw_only=True):
     models: list[ModelInfo]
 
 
+class VerifiedVersions:
+    """Outcomes of checksum verification (None: passed, else the problem), keyed by what
+    would change with the files (so a corrupt version is not hashed at every poll either)."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._outcomes: OrderedDict[tuple[object, ...], str | None] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()  # indexing runs in worker threads
+
+    def lookup(self, key: tuple[object, ...]) -> tuple[bool, str | None]:
+        """(known, problem)."""
+        with self._lock:
+            if key in self._outcomes:
+                self._outcomes.move_to_end(key)
+                return True, self._outcomes[key]
+            return False, None
+
+    def record(self, key: tuple[object, ...], problem: str | None) -> None:
+        with self._lock:
+            self._outcomes[key] = problem
+            while len(self._outcomes) > self._capacity:
+                self._outcomes.popitem(last=False)
+
+
+def _stamp_key(
+    path: str, manifest_bytes: bytes, manifest: Manifest, entries: dict[str, Entry]
+) -> tuple[object, ...] | None:
+    """What identifies a verified version's files; None when the store gives no stamps."""
+    tops = sorted({item.path.split("/", 1)[0] for item in manifest.files})
+    stamps = [(n, entries[n].size, entries[n].stamp) for n in tops if n in entries]
+    if len(stamps) != len(tops) or any(not stamp for _, _, stamp in stamps):
+        return None
+    return (path, hashlib.sha256(manifest_bytes).hexdigest(), tuple(stamps))
+
+
 def _check_version(
-    store: Store, model: str, version: int, path: str, verify_checksums: bool
+    store: Store,
+    model: str,
+    version: int,
+    path: str,
+    verify_checksums: bool,
+    *,
+    verified: VerifiedVersions | None = None,
 ) -> VersionInfo:
     def incomplete(problem: str, manifest: Manifest | None = None) -> VersionInfo:
         return VersionInfo(
@@ -56,22 +106,31 @@ def _check_version(
             manifest=manifest,
         )
 
-    entries = {e.name: e for e in store.list(path)}
+    try:
+        entries = {e.name: e for e in store.list(path)}
+    except OSError as exc:  # removed while indexing
+        return incomplete(f"cannot be listed: {exc}")
     if MANIFEST_FILE not in entries:
         return incomplete("no manifest.json (half-written or not packed with torchrig pack)")
     try:
-        manifest = manifest_from_json(
-            store.read_bytes(store.join(path, MANIFEST_FILE)),
-            origin=store.join(path, MANIFEST_FILE),
-        )
+        manifest_bytes = store.read_bytes(store.join(path, MANIFEST_FILE))
+        manifest = manifest_from_json(manifest_bytes, origin=store.join(path, MANIFEST_FILE))
     except ArtifactError as exc:
         return incomplete(exc.message)
+    except OSError as exc:  # removed between the listing and the read
+        return incomplete(f"manifest.json cannot be read: {exc}")
     if manifest.name != model or manifest.version != version:
         return incomplete(
             f"manifest.json describes {manifest.name} version {manifest.version}, but lies in "
             f"{model}/{version}; move it or re-pack it",
             manifest,
         )
+    key = _stamp_key(path, manifest_bytes, manifest, entries) if verify_checksums else None
+    if key is not None and verified is not None:
+        known, problem = verified.lookup(key)
+        if known and problem is not None:
+            return incomplete(problem, manifest)
+        verify_checksums = not known  # the same files were hashed before
     for item in manifest.files:
         file_path = store.join(path, *item.path.split("/"))
         top = item.path.split("/", 1)[0]
@@ -84,17 +143,27 @@ def _check_version(
         except OSError as exc:
             return incomplete(f"{item.path} cannot be read: {exc}", manifest)
         if size != item.size or digest != item.sha256:
-            return incomplete(
+            problem = (
                 f"{item.path} does not match its checksum in manifest.json (corrupted or still "
-                "being copied); copy the version again",
-                manifest,
+                "being copied); copy the version again"
             )
+            if key is not None and verified is not None:
+                verified.record(key, problem)
+            return incomplete(problem, manifest)
+    if key is not None and verified is not None:
+        verified.record(key, None)
     return VersionInfo(
         model=model, version=version, location=path, complete=True, manifest=manifest
     )
 
 
-def _model(store: Store, name: str, path: str, verify_checksums: bool) -> ModelInfo:
+def _model(
+    store: Store,
+    name: str,
+    path: str,
+    verify_checksums: bool,
+    verified: VerifiedVersions | None = None,
+) -> ModelInfo:
     entries = store.list(path)
     config: ModelConfig | None = ModelConfig()
     config_error: str | None = None
@@ -106,7 +175,9 @@ def _model(store: Store, name: str, path: str, verify_checksums: bool) -> ModelI
             config = None
             config_error = exc.message if isinstance(exc, RepositoryError) else str(exc)
     versions = [
-        _check_version(store, name, int(e.name), store.join(path, e.name), verify_checksums)
+        _check_version(
+            store, name, int(e.name), store.join(path, e.name), verify_checksums, verified=verified
+        )
         for e in _numeric_dirs(entries)
     ]
     return ModelInfo(
@@ -129,16 +200,34 @@ class Repository:
         self.store = open_store(location)
         self.location = self.store.location
         self.cache_dir = cache_dir
+        self._verified = VerifiedVersions()
 
     def index(self, *, verify_checksums: bool = True) -> RepositoryIndex:
         """Every model (a directory with a valid name) and its versions, complete or not."""
         models = []
-        for entry in self.store.list(self.store.root):
-            if not entry.is_dir or entry.name.startswith(".") or not MODEL_NAME.match(entry.name):
+        for name in self.model_names():
+            try:
+                models.append(
+                    _model(
+                        self.store, name, self._model_path(name), verify_checksums, self._verified
+                    )
+                )
+            except FileNotFoundError:  # removed since the listing: it is gone
                 continue
-            path = self._model_path(entry.name)
-            models.append(_model(self.store, entry.name, path, verify_checksums))
         return RepositoryIndex(location=self.location, models=models)
+
+    def model_names(self) -> list[str]:
+        """The models in the repository (fresh listing), without reading their versions."""
+        self.store.refresh()
+        try:
+            entries = self.store.list(self.store.root)
+        except OSError as exc:
+            raise RepositoryError(f"cannot list repository {self.location}: {exc}") from None
+        return [
+            e.name
+            for e in entries
+            if e.is_dir and not e.name.startswith(".") and MODEL_NAME.match(e.name)
+        ]
 
     def _model_path(self, name: str) -> str:
         return self.store.join(self.store.root, name)
@@ -146,17 +235,13 @@ class Repository:
     def model(self, name: str, *, verify_checksums: bool = True) -> ModelInfo:
         if not MODEL_NAME.match(name):
             raise ModelNotFound(f"{name!r} is not a valid model name")
-        path = self._model_path(name)
-        try:
-            names = {e.name for e in self.store.list(self.store.root) if e.is_dir}
-        except OSError as exc:
-            raise RepositoryError(f"cannot list repository {self.location}: {exc}") from None
+        names = self.model_names()
         if name not in names:
             raise ModelNotFound(
                 f"model {name!r} is not in repository {self.location} "
-                f"(models: {', '.join(sorted(n for n in names if MODEL_NAME.match(n))) or 'none'})"
+                f"(models: {', '.join(sorted(names)) or 'none'})"
             )
-        return _model(self.store, name, path, verify_checksums)
+        return _model(self.store, name, self._model_path(name), verify_checksums, self._verified)
 
     def local_version_dir(self, version: VersionInfo) -> Path:
         """A local directory holding the version's files (remote versions are copied)."""
@@ -167,6 +252,13 @@ class Repository:
                 f"repository {self.location} is remote: give a cache directory to copy versions to"
             )
         return self.store.local_dir(version.location, self.cache_dir)
+
+    def release_local_dir(self, local: Path) -> None:
+        """Delete a copy `local_dir` made for a remote version (after it was unloaded)."""
+        if self.cache_dir is None or _is_local(self.store):
+            return
+        if local.resolve().is_relative_to(self.cache_dir.resolve()):
+            shutil.rmtree(local, ignore_errors=True)
 
 
 def _is_local(store: Store) -> bool:

@@ -1,13 +1,17 @@
 """Where a repository lives: a local directory or an fsspec URL (s3://, gs://, memory://).
 
 One small interface so discovery does not care which: list a directory, read a file,
-stream a file for hashing, copy a directory to a local cache.
+stream a file for hashing, copy a directory to a local cache. Listings are read fresh
+after `refresh()` (fsspec caches directory listings, which would hide a new upload from
+a poll), and each entry carries a `stamp` (mtime, or the object's ETag) so that a file
+already verified need not be hashed again while it is unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
+import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ class Entry:
     name: str
     is_dir: bool
     size: int
+    stamp: str = ""  # changes when the file does: mtime_ns locally, ETag/mtime remotely
 
 
 class Store(Protocol):
@@ -30,6 +35,7 @@ class Store(Protocol):
     root: str  # the repository's root in the store's own path syntax
 
     def join(self, *parts: str) -> str: ...
+    def refresh(self) -> None: ...
     def list(self, path: str) -> list[Entry]: ...
     def read_bytes(self, path: str) -> bytes: ...
     def chunks(self, path: str) -> Iterator[bytes]: ...
@@ -44,15 +50,19 @@ class LocalStore:
     def join(self, *parts: str) -> str:
         return str(Path(*parts))
 
+    def refresh(self) -> None:
+        """Local listings are never cached."""
+
     def list(self, path: str) -> list[Entry]:
         entries = []
         for child in sorted(Path(path).iterdir()):
             try:
-                is_dir = child.is_dir()
-                size = 0 if is_dir else child.stat().st_size
+                info = child.stat()
             except OSError:
                 continue  # vanished while listing (an upload in progress)
-            entries.append(Entry(child.name, is_dir, size))
+            is_dir = stat.S_ISDIR(info.st_mode)
+            size = 0 if is_dir else info.st_size
+            entries.append(Entry(child.name, is_dir, size, str(info.st_mtime_ns)))
         return entries
 
     def read_bytes(self, path: str) -> bytes:
@@ -90,11 +100,23 @@ class FsspecStore:
     def join(self, *parts: str) -> str:
         return "/".join(p.rstrip("/") for p in parts)
 
+    def refresh(self) -> None:
+        """Forget cached listings, so that the next `list` sees new and removed objects."""
+        self.fs.invalidate_cache()
+
     def list(self, path: str) -> list[Entry]:
         entries = []
         for info in self.fs.ls(path, detail=True):
             name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
-            entries.append(Entry(name, info.get("type") == "directory", int(info.get("size") or 0)))
+            stamp = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+            entries.append(
+                Entry(
+                    name,
+                    info.get("type") == "directory",
+                    int(info.get("size") or 0),
+                    str(stamp),
+                )
+            )
         return sorted(entries, key=lambda e: e.name)
 
     def read_bytes(self, path: str) -> bytes:
@@ -107,10 +129,10 @@ class FsspecStore:
                 yield block
 
     def local_dir(self, path: str, cache: Path) -> Path:
+        """A fresh copy per call: a version reloaded beside its running self (new config)
+        must not pull the files from under it; the caller deletes it when released."""
         digest = hashlib.sha256(f"{self.location}|{path}".encode()).hexdigest()[:16]
-        target = cache / digest
-        if target.exists():
-            shutil.rmtree(target)
+        target = cache / f"{digest}-{secrets.token_hex(4)}"
         target.mkdir(parents=True)
         self.fs.get(path.rstrip("/") + "/", str(target), recursive=True)
         return target

@@ -7,6 +7,12 @@ executor, split the outputs back by rows and resolve each future on its event lo
 A failed batch fails every request in it; a full queue refuses at once (503 upstream);
 a request whose deadline passed or whose caller went away is dropped before it takes
 device time. Model work never runs on the event loop.
+
+Out of memory in a batch (`torch.OutOfMemoryError`) is not the requests' fault: the batch
+is split in halves by requests and each half retried, down to single requests, whose
+rows are split in turn; only a request of which one row does not fit fails
+(`InsufficientMemory`, 507). An error that poisons the CUDA context fails its batch and is
+reported to `on_device_fault`, so the replica can declare itself unhealthy.
 """
 
 from __future__ import annotations
@@ -22,8 +28,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from torchrig.errors import DeadlineExceeded, InferenceFailed, QueueFull, TorchrigError
+from torchrig.errors import (
+    DeadlineExceeded,
+    DeviceUnhealthy,
+    InferenceFailed,
+    InsufficientMemory,
+    QueueFull,
+    TorchrigError,
+)
 from torchrig.repository.config import BatchingConfig
+from torchrig.runtime.faults import free_cached_memory, is_out_of_memory, poisons_device
 
 Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
 
@@ -62,6 +76,7 @@ class BatchRecord:
 
 
 BatchObserver = Callable[[BatchRecord], None]
+DeviceFaultHandler = Callable[[BaseException], None]
 
 
 @dataclass
@@ -75,6 +90,9 @@ class BatcherStats:
     expired: int = 0
     cancelled: int = 0
     rejected: int = 0
+    oom_splits: int = 0  # batches (or requests) split in halves after out of memory
+    oom_failures: int = 0  # requests failed because one row did not fit
+    device_faults: int = 0  # batches that failed with an error poisoning the device
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
     queue_depth: int = 0
 
@@ -91,9 +109,11 @@ class Batcher:
         batching: bool = True,
         name: str = "model",
         observer: BatchObserver | None = None,
+        on_device_fault: DeviceFaultHandler | None = None,
     ) -> None:
         self.executor = executor
         self.observer = observer
+        self.on_device_fault = on_device_fault
         self.max_batch_size = config.max_batch_size if batching else 1
         self.max_delay_s = config.max_queue_delay_ms / 1000.0 if batching else 0.0
         self.max_queue_size = config.max_queue_size
@@ -118,6 +138,13 @@ class Batcher:
         self, inputs: Mapping[str, Any], *, rows: int, timeout_s: float | None = None
     ) -> Tensors:
         """Queue one request of `rows` rows; resolves with its own rows of the outputs."""
+        return await self.submit(inputs, rows=rows, timeout_s=timeout_s)
+
+    def submit(
+        self, inputs: Mapping[str, Any], *, rows: int, timeout_s: float | None = None
+    ) -> asyncio.Future[Tensors]:
+        """Queue one request now (on the event loop) and return its future; cancelling the
+        future (or a task awaiting it) drops the request if its batch has not started."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         request = _Request(
@@ -143,11 +170,7 @@ class Batcher:
             # empty) or a gathering one whose batch is now full; the delay wakes it otherwise
             if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
                 self._cond.notify()
-        try:
-            return await request.future
-        except asyncio.CancelledError:
-            request.future.cancel()  # the worker skips it if it has not run yet
-            raise
+        return request.future
 
     def _retry_after(self) -> float:
         waiting_batches = math.ceil(len(self._queue) / max(1, self.max_batch_size))
@@ -240,33 +263,91 @@ class Batcher:
     def _run(self, batch: list[_Request]) -> None:
         started = time.monotonic()
         rows = sum(r.rows for r in batch)
-        try:
-            outputs = self.executor.infer(
-                _concat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
-            )
-        except Exception as exc:  # the model raised: every request of the batch is told
-            elapsed = self._count(rows, len(batch), started, failed=True)
-            error: Exception = exc
-            if not isinstance(exc, TorchrigError):
-                error = InferenceFailed(
-                    f"model {self.name} failed on a batch of {rows} rows: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-            _resolve_all([(r, None, error) for r in batch])
-            self._observe(batch, rows, started, elapsed, failed=True)
-            return
-        elapsed = self._count(rows, len(batch), started, failed=False)
+        outcomes = self._execute(batch)
+        failed = any(error is not None for _, _, error in outcomes)
+        elapsed = self._count(rows, len(batch), started, failed=failed)
+        _resolve_all(outcomes)
+        self._observe(batch, rows, started, elapsed, failed=failed)
+
+    def _execute(self, batch: list[_Request]) -> list[Outcome]:
+        """Run a batch; out of memory splits it by requests (never raises)."""
         if len(batch) == 1:
-            _resolve_all([(batch[0], outputs, None)])
-        else:
-            outcomes: list[Outcome] = []
-            offset = 0
-            for request in batch:
-                end = offset + request.rows
-                outcomes.append((request, {k: v[offset:end] for k, v in outputs.items()}, None))
-                offset = end
-            _resolve_all(outcomes)
-        self._observe(batch, rows, started, elapsed, failed=False)
+            request = batch[0]
+            try:
+                return [(request, self._infer_rows(request.inputs, request.rows), None)]
+            except Exception as exc:
+                return self._failed(batch, exc)
+        try:
+            outputs = self.executor.infer(_concat([r.inputs for r in batch]))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                return self._failed(batch, exc)
+            self._out_of_memory(sum(r.rows for r in batch), len(batch))
+            cut = _half_by_rows(batch)
+            return self._execute(batch[:cut]) + self._execute(batch[cut:])
+        outcomes: list[Outcome] = []
+        offset = 0
+        for request in batch:
+            end = offset + request.rows
+            outcomes.append((request, {k: v[offset:end] for k, v in outputs.items()}, None))
+            offset = end
+        return outcomes
+
+    def _infer_rows(self, inputs: Mapping[str, Any], rows: int) -> Tensors:
+        """One request's inputs; out of memory splits its rows in halves (raises the OOM
+        of a single row, or of a model without a batch dimension)."""
+        try:
+            return self.executor.infer(inputs)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or rows < 2 or not self.batching:
+                raise
+        self._out_of_memory(rows, 1)
+        half = rows // 2
+        first = self._infer_rows({k: v[:half] for k, v in inputs.items()}, half)
+        second = self._infer_rows({k: v[half:] for k, v in inputs.items()}, rows - half)
+        return _concat([first, second])
+
+    def _out_of_memory(self, rows: int, requests: int) -> None:
+        free_cached_memory()
+        with self._cond:
+            self._stats.oom_splits += 1
+        log.warning(
+            "model %s: out of device memory on %d rows (%d requests); retrying in halves",
+            self.name,
+            rows,
+            requests,
+        )
+
+    def _failed(self, batch: list[_Request], exc: Exception) -> list[Outcome]:
+        """Every request of a failed batch gets the error, named for what it means."""
+        rows = sum(r.rows for r in batch)
+        error: Exception = exc
+        if is_out_of_memory(exc):
+            with self._cond:
+                self._stats.oom_failures += len(batch)
+            error = InsufficientMemory(
+                f"model {self.name}: out of device memory even for a single row of a request "
+                f"of {rows} row{'' if rows == 1 else 's'}. Lower batching.max_batch_size or "
+                "instances in the model's "
+                "config.toml, serve fewer models on this device, or use one with more memory."
+            )
+        elif poisons_device(exc):
+            with self._cond:
+                self._stats.device_faults += 1
+            error = DeviceUnhealthy(
+                f"model {self.name}: the device failed ({type(exc).__name__}: {exc}); this "
+                "replica reports itself unhealthy and must be restarted; retry on another."
+            )
+            if self.on_device_fault is not None:
+                try:
+                    self.on_device_fault(exc)
+                except Exception:  # reporting must never take a worker down
+                    log.exception("model %s: the device fault handler failed", self.name)
+        elif not isinstance(exc, TorchrigError):
+            error = InferenceFailed(
+                f"model {self.name} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}"
+            )
+        return [(r, None, error) for r in batch]
 
     def _observe(
         self, batch: list[_Request], rows: int, started: float, elapsed: float, *, failed: bool
@@ -300,6 +381,17 @@ class Batcher:
                 elapsed if not self._batch_time_s else (0.9 * self._batch_time_s + 0.1 * elapsed)
             )
         return elapsed
+
+
+def _half_by_rows(batch: list[_Request]) -> int:
+    """Where to cut a batch of >= 2 requests so that each part has about half the rows."""
+    total = sum(r.rows for r in batch)
+    seen = 0
+    for index, request in enumerate(batch[:-1]):
+        seen += request.rows
+        if seen * 2 >= total:
+            return index + 1
+    return len(batch) - 1
 
 
 def _concat(parts: list[Mapping[str, Any]]) -> dict[str, Any]:

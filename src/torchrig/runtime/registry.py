@@ -1,8 +1,16 @@
 """The model registry: which versions are loading, ready or failed, and routing to them.
 
-Discovery (`torchrig.repository`) says what exists; the registry loads the versions each
-model's policy selects, each in a worker thread so the event loop stays responsive. A
-version that fails to load is marked failed with the reason and never affects the others.
+Discovery (`torchrig.repository`) says what exists; `reconcile(model)` makes the served
+versions follow it: the versions the model's policy selects are loaded beside the ones
+serving (`torchrig.runtime.loader`), and a version becomes the default only once it is
+ready; then the versions no longer selected stop taking requests, finish the ones they
+accepted, and are released. A version that fails to load is marked failed with the
+reason, is not retried until its files or config change, and never affects the others;
+while no selected version is ready, the ones serving keep serving.
+
+Readiness: every model found at startup has a ready version, and no error poisoned the
+device. A model added later that fails is reported (per model 503, the index, logs) but
+does not take the replica out of service.
 """
 
 from __future__ import annotations
@@ -10,41 +18,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from torchrig.envlock.model import EnvLock
-from torchrig.errors import ModelNotFound, ModelNotReady, TorchrigError
-from torchrig.packaging.manifest import Manifest, TensorSpec
+from torchrig.errors import DeviceUnhealthy, ModelNotFound, ModelNotReady, RepositoryError
+from torchrig.packaging.manifest import TensorSpec
 from torchrig.repository import ModelConfig, Repository, VersionInfo, selected_versions
-from torchrig.runtime.batcher import Batcher, BatchRecord
-from torchrig.runtime.executor import Executor
+from torchrig.runtime.batcher import BatchRecord
+from torchrig.runtime.loader import (
+    Fingerprint,
+    LoadContext,
+    ServedVersion,
+    State,
+    fingerprint,
+    load_version,
+    release_version,
+)
 from torchrig.runtime.validation import validate_inputs
+
+__all__ = ["PLATFORM", "ModelMetadata", "ModelRegistry", "ServedVersion", "State"]
 
 log = logging.getLogger(__name__)
 
-State = Literal["loading", "ready", "failed", "unloading", "unloaded"]
 PLATFORM = {
     "torch.export": "pytorch_torchexport",
     "torchscript": "pytorch_libtorch",
     "aoti": "pytorch_aoti",
 }
-
-
-@dataclass
-class ServedVersion:
-    model: str
-    version: int
-    state: State
-    config: ModelConfig
-    manifest: Manifest | None = None
-    reason: str | None = None  # why it failed
-    warnings: list[str] = field(default_factory=list)
-    executor: Executor | None = None
-    batcher: Batcher | None = None
 
 
 class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,13 +66,20 @@ class ModelRegistry:
         *,
         device: str | None = None,
         environment: EnvLock | None = None,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         self.repository = repository
         self.device = device
         self.environment = environment
+        self.drain_timeout_s = drain_timeout_s
         self._versions: dict[tuple[str, int], ServedVersion] = {}
         self._model_errors: dict[str, str] = {}
-        self._lock = asyncio.Lock()
+        self._expected: set[str] = set()  # models whose readiness gates the replica's
+        self._attempted: dict[tuple[str, int], Fingerprint] = {}  # last load tried
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+        self.device_fault: str | None = None  # set once an error poisoned the device
+        self.refreshes = 0  # completed `refresh()` calls (a poll's progress, for tests too)
         # (model, version) -> per-batch observer for the version's Batcher (metrics)
         self.batch_observer: Callable[[str, str], Callable[[BatchRecord], None]] | None = None
 
@@ -78,116 +87,223 @@ class ModelRegistry:
 
     async def load_all(self) -> None:
         """Load what every model's version policy selects; failures are recorded, not raised."""
-        index = await asyncio.to_thread(self.repository.index)
-        for model in index.models:
-            await self._load_model(model.name)
+        names = await asyncio.to_thread(self.repository.model_names)
+        self._expected |= set(names)
+        for name in names:
+            await self.reconcile(name)
+
+    async def refresh(self) -> None:
+        """Follow the repository: new and changed models reconciled, removed ones unloaded."""
+        names = set(await asyncio.to_thread(self.repository.model_names))
+        tracked = {m for m, _ in self._versions} | set(self._model_errors)
+        for gone in sorted(tracked - names):
+            await self.remove_model(gone)
+        for name in sorted(names):
+            await self.reconcile(name)
+        self.refreshes += 1
 
     async def load(self, name: str, version: int | None = None) -> None:
-        """Load one model (its policy's versions, or one `version`)."""
-        await self._load_model(name, only=version)
-
-    async def _load_model(self, name: str, only: int | None = None) -> None:
-        info = await asyncio.to_thread(self.repository.model, name)
-        if info.config is None:
-            self._model_errors[name] = info.config_error or "invalid config.toml"
-            log.error("model %s not loaded: %s", name, self._model_errors[name])
+        """Load one model as its policy says (retrying failed versions), or one `version`."""
+        if version is None:
+            await self.reconcile(name, force=True)
             return
-        self._model_errors.pop(name, None)
-        if only is not None:
-            chosen = [v for v in info.versions if v.version == only]
+        async with self._lock(name):
+            info = await asyncio.to_thread(self.repository.model, name)
+            chosen = [v for v in info.versions if v.version == version]
             if not chosen:
-                raise ModelNotFound(f"model {name} has no version {only}")
-        else:
-            chosen = selected_versions(info)
-            if not chosen:
+                raise ModelNotFound(f"model {name} has no version {version}")
+            if info.config is None:
+                raise ModelNotReady(f"model {name} is not available: {info.config_error}")
+            current = self._versions.get((name, version))
+            if current is None or current.state not in ("loading", "ready"):
+                await self._load(chosen[0], info.config, replacing=None)
+
+    async def reconcile(self, name: str, *, force: bool = False) -> None:
+        """Make model `name` serve what the repository and its policy select now.
+
+        `force` retries versions that failed with the same files and config.
+        """
+        async with self._lock(name):
+            try:
+                info = await asyncio.to_thread(self.repository.model, name)
+            except ModelNotFound:
+                await self._forget(name)
+                return
+            except (RepositoryError, OSError) as exc:
+                reason = exc.message if isinstance(exc, RepositoryError) else str(exc)
+                self._set_error(name, f"cannot read it from the repository: {reason}")
+                return
+            if info.config is None:
+                self._set_error(name, info.config_error or "invalid config.toml")
+                return
+            desired = selected_versions(info)
+            if not desired:
                 problems = "; ".join(
                     f"version {v.version}: {v.problem}" for v in info.versions if v.problem
                 )
-                self._model_errors[name] = "no complete version" + (
-                    f" ({problems})" if problems else ""
+                self._set_error(
+                    name, "no complete version" + (f" ({problems})" if problems else "")
                 )
                 return
-        for version in chosen:
-            await self._load_version(version, info.config)
+            self._model_errors.pop(name, None)
+            for version in desired:
+                await self._follow(version, info.config, force=force)
+            self._retire(name, {v.version for v in desired})
 
-    async def _load_version(self, version: VersionInfo, config: ModelConfig) -> None:
+    async def _follow(self, version: VersionInfo, config: ModelConfig, *, force: bool) -> None:
+        """Load `version` unless it serves (or failed) with these very files and config."""
         key = (version.model, version.version)
-        async with self._lock:
-            current = self._versions.get(key)
-            if current is not None and current.state in ("loading", "ready"):
+        wanted = fingerprint(version.manifest, config)
+        current = self._versions.get(key)
+        if current is not None and current.state in ("loading", "ready", "failed"):
+            if current.fingerprint == wanted and (current.state != "failed" or not force):
                 return
-            served = ServedVersion(
-                model=version.model,
-                version=version.version,
-                state="loading",
-                config=config,
-                manifest=version.manifest,
-            )
-            self._versions[key] = served
-        if not version.complete or version.manifest is None:
-            served.state, served.reason = "failed", version.problem or "incomplete version"
-            return
-        try:
-            local = await asyncio.to_thread(self.repository.local_version_dir, version)
-            executor = Executor(
-                Path(local),
-                version.manifest,
-                config,
-                device=self.device,
-                environment=self.environment,
-            )
-            await asyncio.to_thread(executor.load)
-        except TorchrigError as exc:
-            served.state, served.reason = "failed", exc.message
-            log.error(
-                "%s version %s failed to load: %s", version.model, version.version, exc.message
-            )
-            return
-        except Exception as exc:  # a broken artifact must not take the server down
-            served.state = "failed"
-            served.reason = f"{type(exc).__name__}: {exc}"
-            log.exception("%s version %s failed to load", version.model, version.version)
-            return
-        served.executor = executor
-        served.warnings = executor.warnings
-        observer = None
-        if self.batch_observer is not None:
-            observer = self.batch_observer(version.model, str(version.version))
-        served.batcher = Batcher(
-            executor,
-            config.batching,
-            instances=config.instances,
-            batching=version.manifest.batching,
-            name=f"{version.model}/{version.version}",
-            observer=observer,
+            if current.state == "ready" and self._attempted.get(key) == wanted and not force:
+                return  # a reload with these files/config failed already: keep the old one
+        replacing = current if current is not None and current.state == "ready" else None
+        await self._load(version, config, replacing=replacing)
+
+    async def _load(
+        self, version: VersionInfo, config: ModelConfig, *, replacing: ServedVersion | None
+    ) -> None:
+        key = (version.model, version.version)
+        served = ServedVersion(
+            model=version.model,
+            version=version.version,
+            state="loading",
+            config=config,
+            manifest=version.manifest,
         )
-        served.state = "ready"
-        for warning in executor.warnings:
-            log.warning("%s version %s: %s", version.model, version.version, warning)
+        self._attempted[key] = served.fingerprint
+        if replacing is None:
+            self._versions[key] = served
+        log.info("%s version %s loading", version.model, version.version)
+        await load_version(served, version, self._context())
+        if replacing is None:
+            if served.state == "ready":
+                log.info("%s version %s ready", version.model, version.version)
+            return
+        if served.state != "ready":  # the old one keeps serving
+            replacing.warnings.append(f"a reload failed, the previous load serves: {served.reason}")
+            return
+        self._versions[key] = served  # the reloaded one takes the requests from now on
+        log.info("%s version %s reloaded (files or config changed)", served.model, served.version)
+        self._release_later(replacing, forget=False)
+
+    def _retire(self, name: str, desired: set[int]) -> None:
+        """Once a selected version is ready, release the versions no longer selected."""
+        mine = [v for (m, _), v in list(self._versions.items()) if m == name]
+        if not any(v.state == "ready" and v.version in desired for v in mine):
+            if any(v.state == "ready" for v in mine):
+                log.warning(
+                    "model %s: no selected version is ready yet; the previous ones keep serving",
+                    name,
+                )
+            return
+        for served in mine:
+            if served.version in desired:
+                continue
+            if served.state in ("ready", "loading"):
+                self._release_later(served, forget=True)
+            elif served.state in ("failed", "unloaded"):
+                self._drop(served)
+
+    def _release_later(self, served: ServedVersion, *, forget: bool) -> None:
+        """Stop routing to `served` now; drain and free it in the background."""
+        served.state = "unloading"
+
+        async def release() -> None:
+            try:
+                await release_version(served, self.repository, drain_timeout_s=self.drain_timeout_s)
+            except Exception:  # process boundary of a background task: log, go on
+                log.exception("releasing %s version %s failed", served.model, served.version)
+            if forget:
+                self._drop(served)
+
+        task = asyncio.ensure_future(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    def _drop(self, served: ServedVersion) -> None:
+        key = (served.model, served.version)
+        if self._versions.get(key) is served:
+            del self._versions[key]
+            self._attempted.pop(key, None)
+
+    async def remove_model(self, name: str) -> None:
+        """The model left the repository: release every version of it."""
+        async with self._lock(name):
+            await self._forget(name)
+
+    async def _forget(self, name: str) -> None:
+        self._model_errors.pop(name, None)
+        self._expected.discard(name)
+        for served in [v for (m, _), v in list(self._versions.items()) if m == name]:
+            if served.state in ("ready", "loading"):
+                self._release_later(served, forget=True)
+            elif served.state != "unloading":
+                self._drop(served)
+        log.info("model %s left the repository: unloading it", name)
 
     async def unload(self, name: str, version: int | None = None) -> None:
+        """Unload a model (every version) or one version; it drains before it is freed."""
         targets = [
             v
             for (m, n), v in self._versions.items()
-            if m == name and (version is None or n == version)
+            if m == name and (version is None or n == version) and v.state != "unloaded"
         ]
         if not targets:
             raise ModelNotFound(f"model {name} has no loaded version to unload")
+        if version is None:
+            self._expected.discard(name)
+            self._model_errors.pop(name, None)
         for served in targets:
-            await self._release(served)
+            if served.state in ("ready", "loading"):
+                await release_version(served, self.repository, drain_timeout_s=self.drain_timeout_s)
+            else:
+                served.state = "unloaded"
 
-    async def _release(self, served: ServedVersion) -> None:
-        served.state = "unloading"
-        if served.batcher is not None:
-            await asyncio.to_thread(served.batcher.close)
-        if served.executor is not None:
-            await asyncio.to_thread(served.executor.unload)
-        served.state, served.batcher, served.executor = "unloaded", None, None
+    async def wait_released(self) -> None:
+        """Wait for the versions being drained in the background."""
+        while self._releases:
+            await asyncio.gather(*list(self._releases), return_exceptions=True)
 
     async def close(self) -> None:
+        await self.wait_released()
         for served in list(self._versions.values()):
             if served.state == "ready":
-                await self._release(served)
+                await release_version(served, self.repository, drain_timeout_s=self.drain_timeout_s)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        if name not in self._locks:
+            self._locks[name] = asyncio.Lock()
+        return self._locks[name]
+
+    def _set_error(self, name: str, reason: str) -> None:
+        if self._model_errors.get(name) != reason:
+            serving = any(v.state == "ready" for (m, _), v in self._versions.items() if m == name)
+            suffix = "; the versions loaded before keep serving" if serving else ""
+            log.error("model %s: %s%s", name, reason, suffix, extra={"model": name})
+        self._model_errors[name] = reason
+
+    def _context(self) -> LoadContext:
+        return LoadContext(
+            repository=self.repository,
+            device=self.device,
+            environment=self.environment,
+            observer=self.batch_observer,
+            on_device_fault=self._device_failed,
+        )
+
+    def _device_failed(self, exc: BaseException) -> None:
+        """From a worker thread: an error poisoned the device; the replica must restart."""
+        if self.device_fault is None:
+            self.device_fault = f"{type(exc).__name__}: {exc}"
+            log.critical(
+                "the device context is poisoned (%s): this replica reports not ready and not "
+                "live so that it is restarted",
+                self.device_fault,
+            )
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -198,13 +314,21 @@ class ModelRegistry:
         return dict(self._model_errors)
 
     def ready(self) -> bool:
-        """Every model's selected versions are loaded, and no model failed to load."""
-        states = [v.state for v in self._versions.values() if v.state != "unloaded"]
-        return not self._model_errors and bool(states) and all(s == "ready" for s in states)
+        """Some version serves, every model found at startup has a ready version, and no
+        error poisoned the device."""
+        if self.device_fault is not None:
+            return False
+        serving = {m for (m, _), v in list(self._versions.items()) if v.state == "ready"}
+        return bool(serving) and self._expected <= serving
 
     def resolve(self, name: str, version: int | str | None = None) -> ServedVersion:
         """The ready version to serve: the one asked for, else the highest ready one."""
-        mine = [v for (m, _), v in self._versions.items() if m == name]
+        if self.device_fault is not None:
+            raise DeviceUnhealthy(
+                f"this replica's device failed ({self.device_fault}); it is restarting, "
+                "retry on another replica"
+            )
+        mine = [v for (m, _), v in list(self._versions.items()) if m == name]
         if not mine:
             reason = self._model_errors.get(name)
             if reason:
@@ -225,9 +349,10 @@ class ModelRegistry:
         ready = [v for v in mine if v.state == "ready"]
         if not ready:
             states = ", ".join(
-                f"{v.version} {v.state}" for v in sorted(mine, key=lambda v: v.version)
+                f"{v.version} {v.state}" + (f" ({v.reason})" if v.reason else "")
+                for v in sorted(mine, key=lambda v: v.version)
             )
-            raise ModelNotReady(f"model {name} has no ready version ({states})")
+            raise ModelNotReady(f"model {name} has no ready version: {states}")
         return max(ready, key=lambda v: v.version)
 
     def metadata(self, name: str, version: int | str | None = None) -> ModelMetadata:
@@ -261,8 +386,20 @@ class ModelRegistry:
     async def infer_on(
         self, served: ServedVersion, inputs: dict[str, Any], *, timeout_s: float | None = None
     ) -> dict[str, Any]:
-        """Validate and queue on a version already resolved (the server resolves it once to
-        decode the request against its signature)."""
+        """Validate and queue on a version already resolved."""
+        return await self.submit(served, inputs, timeout_s=timeout_s)
+
+    def submit(
+        self, served: ServedVersion, inputs: dict[str, Any], *, timeout_s: float | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Validate and queue at once on a version already resolved (the server resolves
+        it once to decode the request against its signature). Queueing in the same step
+        as resolving matters: a version retired meanwhile stops accepting, so a request
+        must be in its queue before control returns to the event loop."""
+        if self.device_fault is not None:
+            raise DeviceUnhealthy(
+                f"this replica's device failed ({self.device_fault}); retry on another replica"
+            )
         manifest, batcher = served.manifest, served.batcher
         if manifest is None or batcher is None:
             raise ModelNotReady(f"model {served.model} version {served.version} is not ready")
@@ -273,4 +410,4 @@ class ModelRegistry:
             batching=manifest.batching,
             max_batch_size=batcher.max_batch_size,
         )
-        return await batcher.infer(inputs, rows=rows, timeout_s=timeout_s)
+        return batcher.submit(inputs, rows=rows, timeout_s=timeout_s)

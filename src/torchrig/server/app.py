@@ -4,11 +4,14 @@ Endpoints decode into tensors (`torchrig.protocol`), hand them to the data plane
 (`ModelRegistry.infer`: validation, batcher, executor) and encode the answer; the hot
 path knows nothing about HTTP beyond this module. Every failure is a V2 error body
 `{"error": ...}` with its status; only real internal faults are 500, logged with the
-request id.
+request id. A client that goes away while its request waits (`http.disconnect`) has its
+request cancelled, so the batcher drops it before it takes device time. The management
+endpoints and the check of model names in paths live in `torchrig.server.management`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -19,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchrig import __version__
-from torchrig.errors import InvalidInput, PayloadTooLarge, QueueFull, TorchrigError
+from torchrig.errors import InvalidInput, PayloadTooLarge, QueueFull, TorchrigError, Unauthorized
 from torchrig.runtime import ModelRegistry
+from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
 from torchrig.settings import ServeSettings
 
@@ -42,6 +46,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(rf"^/v2/models/{MODEL}$"), "model_metadata"),
     ("GET", re.compile(r"^/v2/?$"), "server_metadata"),
     ("POST", re.compile(r"^/v2/repository/index$"), "repository_index"),
+    ("POST", re.compile(r"^/v2/repository/models/(?P<model>[^/]+)/load$"), "load"),
+    ("POST", re.compile(r"^/v2/repository/models/(?P<model>[^/]+)/unload$"), "unload"),
     ("GET", re.compile(r"^/metrics$"), "metrics"),
 ]
 
@@ -58,6 +64,7 @@ class ServerState:
     started: bool = False
     shutting_down: bool = False
     lifespan_hooks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    management_token: str | None = field(default=None, repr=False)  # None: API off
 
     def ready(self) -> bool:
         return self.started and self.doctor_ok and not self.shutting_down and self.registry.ready()
@@ -77,6 +84,11 @@ class V2App:
         # a system call on the hot path)
         self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
+        self.management = Management(
+            state.registry,
+            control_mode=state.settings.control_mode,
+            token=state.management_token,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -110,6 +122,11 @@ class V2App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        try:
+            check_model_path(scope)
+        except InvalidInput as exc:
+            await _respond(send, exc.status_code, _error(exc.message))
+            return
         handler, params, allowed = None, {}, []
         for verb, pattern, name in ROUTES:
             match = pattern.match(path)
@@ -136,9 +153,14 @@ class V2App:
             status, body, headers = await getattr(self, "_" + handler)(params, scope, receive)
         except TorchrigError as exc:
             status, body, headers = exc.status_code, _error(exc.message), {}
+            if isinstance(exc, Unauthorized):
+                headers = {"www-authenticate": 'Bearer realm="torchrig"'}
         await _respond(send, status, body, headers)
 
     async def _live(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        fault = self.state.registry.device_fault
+        if fault is not None:  # only a new process cures a poisoned CUDA context
+            return 503, _error(f"the device context is poisoned ({fault}); restart me"), {}
         return 200, b"{}", {}
 
     async def _ready(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
@@ -154,6 +176,8 @@ class V2App:
             return "the server is starting: models are loading"
         if not state.doctor_ok:
             return f"the startup doctor failed: {state.doctor_summary}"
+        if state.registry.device_fault is not None:
+            return f"the device context is poisoned ({state.registry.device_fault}); restart me"
         problems = [f"{name}: {reason}" for name, reason in state.registry.model_errors().items()]
         problems += [
             f"{v.model}/{v.version} {v.state}" + (f" ({v.reason})" if v.reason else "")
@@ -187,23 +211,27 @@ class V2App:
         self.state.registry.resolve(params["model"], params.get("version"))  # raises 404/503
         return 200, b"{}", {}
 
-    async def _repository_index(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
-        import msgspec
+    async def _repository_index(
+        self, params: dict[str, str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, dict[str, str]]:
+        body = await self._read_body(_headers(scope), receive)
+        return 200, await self.management.index(body), {}
 
-        rows: list[dict[str, Any]] = [
-            {
-                "name": v.model,
-                "version": str(v.version),
-                "state": v.state.upper(),
-                "reason": v.reason or "",
-            }
-            for v in self.state.registry.versions()
-        ]
-        rows += [
-            {"name": name, "state": "UNAVAILABLE", "reason": reason}
-            for name, reason in self.state.registry.model_errors().items()
-        ]
-        return 200, msgspec.json.encode(rows), {}
+    async def _load(
+        self, params: dict[str, str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, dict[str, str]]:
+        self.management.authorize(_headers(scope))
+        await self._read_body(_headers(scope), receive)  # parameters are not supported yet
+        await self.management.load(params["model"])
+        return 200, b"{}", {}
+
+    async def _unload(
+        self, params: dict[str, str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, dict[str, str]]:
+        self.management.authorize(_headers(scope))
+        await self._read_body(_headers(scope), receive)
+        await self.management.unload(params["model"])
+        return 200, b"{}", {}
 
     async def _metrics(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
         body, content_type = self.state.metrics.render()
@@ -235,7 +263,12 @@ class V2App:
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
                 timeout = min(max(request.timeout_s, 0.0), state.settings.max_request_timeout_s)
-            outputs = await state.registry.infer_on(served, request.inputs, timeout_s=timeout)
+            outputs = await _unless_disconnected(
+                state.registry.submit(served, request.inputs, timeout_s=timeout), receive
+            )
+            if outputs is None:  # the client went away: nobody to answer
+                outcome = "bad_request"  # a client-side end, as nginx's 499
+                return
             served_version = str(served.version)
             payload, response_headers = encode_infer_response(
                 model_name=model,
@@ -345,6 +378,31 @@ class V2App:
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _unless_disconnected(
+    task: asyncio.Future[dict[str, Any]], receive: Receive
+) -> dict[str, Any] | None:
+    """Await a queued request's future, or cancel it (None) if the client disconnects
+    first (the body was read: the next ASGI message can only be http.disconnect)."""
+    watcher: asyncio.Future[Any] = asyncio.ensure_future(receive())
+    both: set[asyncio.Future[Any]] = {task, watcher}
+    try:
+        done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task in done:
+        watcher.cancel()
+        outputs: dict[str, Any] = task.result()
+        return outputs
+    message = watcher.result()
+    if message.get("type") != "http.disconnect":  # pragma: no cover - nothing else comes
+        return await task
+    task.cancel()
+    log.debug("client went away: its request is dropped")
+    return None
 
 
 def _outcome(status: int) -> str:

@@ -1,9 +1,12 @@
 """Running the server: build the app, start uvicorn, shut down in uvicorn's order.
 
 Startup: the quick doctor (its failures keep the server unready, with the reason), then
-every model the repository's policies select. SIGTERM/SIGINT: readiness goes false at
-once and new requests get 503, uvicorn stops accepting and waits for in-flight requests
-(up to the drain timeout), then the models are released.
+every model the repository's policies select. With `control_mode = "poll"` a background
+task then follows the repository every `poll_interval_s` (new versions hot-swapped in,
+removed ones drained and released); with "explicit" the management API does that on
+request. SIGTERM/SIGINT: readiness goes false at once and new requests get 503, uvicorn
+stops accepting and waits for in-flight requests (up to the drain timeout), then the
+poll stops and the models are released.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchrig.errors import ConfigError
 from torchrig.facts.model import Snapshot
 from torchrig.repository import Repository
 from torchrig.runtime import ModelRegistry
 from torchrig.server.app import ServerState, V2App
+from torchrig.server.management import CONTROL_MODES
 from torchrig.settings import ServeSettings
 
 log = logging.getLogger("torchrig.server")
@@ -44,17 +49,26 @@ def build_state(
     *,
     metrics_registry: Any | None = None,
     cache_dir: Path | None = None,
+    management_token: str | None = None,
 ) -> ServerState:
-    """The app's shared state, with lifespan hooks that load and release the models."""
+    """The app's shared state, with lifespan hooks that load and release the models (and,
+    in poll mode, follow the repository). `management_token` turns the management API on
+    (with control_mode "explicit")."""
     from prometheus_client import CollectorRegistry
 
     from torchrig.envlock import take_lock
     from torchrig.server.metrics import ServerMetrics
 
+    check_control(settings)
     repo = Repository(repository, cache_dir=cache_dir)
-    registry = ModelRegistry(repo, device=settings.device or None)
+    registry = ModelRegistry(
+        repo, device=settings.device or None, drain_timeout_s=settings.drain_timeout_s
+    )
     metrics = ServerMetrics(metrics_registry or CollectorRegistry(), model_registry=registry)
-    state = ServerState(registry=registry, metrics=metrics, settings=settings)
+    state = ServerState(
+        registry=registry, metrics=metrics, settings=settings, management_token=management_token
+    )
+    tasks: list[asyncio.Task[None]] = []
 
     async def startup() -> None:
         # one collection serves both: the doctor judges the lock's snapshot, and the lock
@@ -76,15 +90,46 @@ def build_state(
             )
         for name, reason in registry.model_errors().items():
             log.error("model %s not served: %s", name, reason, extra={"model": name})
+        if settings.control_mode == "poll":
+            tasks.append(asyncio.ensure_future(poll(registry, settings.poll_interval_s)))
+        if settings.control_mode == "explicit" and management_token is None:
+            log.warning(
+                "control mode explicit without a management token: load and unload are off "
+                "until the server is started with TORCHRIG_SERVE_MANAGEMENT_TOKEN or "
+                "--management-token-file"
+            )
 
     async def shutdown() -> None:
         state.shutting_down = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await registry.close()
         metrics.close()
         log.info("models released")
 
     state.lifespan_hooks = {"startup": startup, "shutdown": shutdown}
     return state
+
+
+def check_control(settings: ServeSettings) -> None:
+    """Refuse an unknown control mode or a poll interval that is not positive."""
+    if settings.control_mode not in CONTROL_MODES:
+        raise ConfigError(
+            f"control mode {settings.control_mode!r} is not one of {', '.join(CONTROL_MODES)}."
+        )
+    if settings.poll_interval_s <= 0:
+        raise ConfigError(f"poll interval {settings.poll_interval_s} s must be positive.")
+
+
+async def poll(registry: ModelRegistry, interval_s: float) -> None:
+    """Follow the repository until cancelled; a failed look is logged and tried again."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await registry.refresh()
+        except Exception as exc:  # a task boundary: an unreachable store must not stop it
+            log.warning("polling the model repository failed: %s; trying again", exc)
 
 
 def make_server(state: ServerState, *, on_ready: Callable[[str], None] | None = None) -> Any:

@@ -1,0 +1,163 @@
+"""Loading one model version beside the others, and releasing it once drained.
+
+`load_version` copies a remote version to the local cache, loads and warms the executor
+in a worker thread (the event loop keeps serving), measures its memory against the
+model's `memory_budget`, and wraps it in its own `Batcher`. Any failure leaves the
+version `failed` with the reason and frees what it took; it never raises, so one broken
+version cannot take down the others. `release_version` stops the version's batcher from
+accepting, lets it finish what it already accepted, then frees the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from torchrig.envlock.model import EnvLock
+from torchrig.errors import TorchrigError
+from torchrig.packaging.manifest import Manifest
+from torchrig.repository import ModelConfig, Repository, VersionInfo, VersionPolicy
+from torchrig.runtime.batcher import Batcher, BatchObserver, DeviceFaultHandler
+from torchrig.runtime.executor import Executor, resolve_device
+from torchrig.runtime.faults import poisons_device
+from torchrig.runtime.memory import check_budget, host_bytes, measured_load
+from torchrig.runtime.threads import in_own_thread
+
+log = logging.getLogger("torchrig.runtime.registry")
+
+State = Literal["loading", "ready", "failed", "unloading", "unloaded"]
+# what a loaded version was made from: its manifest and its config (less the version
+# policy, which says which versions serve, not how): a change of either reloads it
+Fingerprint = tuple[Manifest | None, ModelConfig]
+
+
+def fingerprint(manifest: Manifest | None, config: ModelConfig) -> Fingerprint:
+    return manifest, msgspec.structs.replace(config, version_policy=VersionPolicy())
+
+
+@dataclass
+class ServedVersion:
+    model: str
+    version: int
+    state: State
+    config: ModelConfig
+    manifest: Manifest | None = None
+    reason: str | None = None  # why it failed
+    warnings: list[str] = field(default_factory=list)
+    executor: Executor | None = None
+    batcher: Batcher | None = None
+    memory_bytes: int | None = None  # measured at load (see torchrig.runtime.memory)
+    local_dir: Path | None = None  # where its files were loaded from
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return fingerprint(self.manifest, self.config)
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What every load needs from the registry."""
+
+    repository: Repository
+    device: str | None
+    environment: EnvLock | None
+    observer: Callable[[str, str], BatchObserver] | None
+    on_device_fault: DeviceFaultHandler
+
+
+def _load_blocking(served: ServedVersion, version: VersionInfo, ctx: LoadContext) -> None:
+    """In a worker thread: copy, load, warm up, measure; the executor is set on success."""
+    manifest = version.manifest
+    if manifest is None:  # pragma: no cover - only complete versions are loaded
+        raise TorchrigError(f"{version.model} version {version.version} has no manifest")
+    local = Path(ctx.repository.local_version_dir(version))
+    served.local_dir = local
+    executor = Executor(
+        local, manifest, served.config, device=ctx.device, environment=ctx.environment
+    )
+    try:
+        target = resolve_device(executor.requested_device)
+    except TorchrigError:
+        target = "cpu"  # executor.load() raises the same error with its fix
+    with measured_load(target) as measure:
+        executor.load()
+    try:
+        used, how = measure.used_bytes, measure.how
+        if not how:
+            files = sum(item.size for item in manifest.files)
+            used, how = host_bytes(executor.program, files)
+        served.memory_bytes = used
+        check_budget(
+            f"{version.model} version {version.version}",
+            served.config.memory_budget,
+            used,
+            how,
+            executor.device,
+        )
+    except BaseException:
+        executor.unload()
+        raise
+    served.executor = executor
+
+
+async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadContext) -> None:
+    """Load `version` into `served` (state "loading"): it ends "ready" or "failed"."""
+    where = f"{version.model} version {version.version}"
+    try:
+        await in_own_thread(lambda: _load_blocking(served, version, ctx))
+    except Exception as exc:  # a broken artifact must not take the server down
+        served.state = "failed"
+        if isinstance(exc, TorchrigError):
+            served.reason = exc.message
+            log.error("%s failed to load: %s", where, exc.message)
+        else:
+            served.reason = f"{type(exc).__name__}: {exc}"
+            log.exception("%s failed to load", where)
+        if poisons_device(exc):
+            ctx.on_device_fault(exc)
+        if served.local_dir is not None:
+            ctx.repository.release_local_dir(served.local_dir)
+        return
+    executor = served.executor
+    if executor is None:  # pragma: no cover - set by _load_blocking on success
+        served.state, served.reason = "failed", "the executor did not load"
+        return
+    served.warnings = list(executor.warnings)
+    observer = None
+    if ctx.observer is not None:
+        observer = ctx.observer(version.model, str(version.version))
+    manifest = version.manifest
+    served.batcher = Batcher(
+        executor,
+        served.config.batching,
+        instances=served.config.instances,
+        batching=manifest.batching if manifest is not None else True,
+        name=f"{version.model}/{version.version}",
+        observer=observer,
+        on_device_fault=ctx.on_device_fault,
+    )
+    served.state = "ready"
+    for warning in served.warnings:
+        log.warning("%s: %s", where, warning)
+
+
+async def release_version(
+    served: ServedVersion, repository: Repository, *, drain_timeout_s: float
+) -> None:
+    """Stop accepting, finish what was accepted (up to the timeout), then free the version."""
+    served.state = "unloading"
+    batcher, executor = served.batcher, served.executor
+    if batcher is not None:
+        await asyncio.to_thread(batcher.close, timeout_s=drain_timeout_s)
+    if executor is not None:
+        await asyncio.to_thread(executor.unload)
+    if served.local_dir is not None:
+        repository.release_local_dir(served.local_dir)
+    served.state, served.batcher, served.executor = "unloaded", None, None
+    log.info("%s version %s unloaded", served.model, served.version)

@@ -1,0 +1,91 @@
+"""Clients that go away while their request waits: the request is dropped from the queue
+before it takes model time (a real server, raw sockets closed by the test)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from faults import body, gate, pack_faulty, seen
+from serving import running
+from torchrig.repository import BatchingConfig, ModelConfig
+from torchrig.settings import ServeSettings
+
+TAG = 201
+
+
+def send(url: str, values: list[float]) -> socket.socket:
+    """Open a connection and send one inference request; the answer is read later (or never)."""
+    parts = urlsplit(url)
+    payload = json.dumps(body(values)).encode()
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
+    sock.sendall(
+        (
+            f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + payload
+    )
+    return sock
+
+
+def answer(sock: socket.socket) -> tuple[int, dict[str, object]]:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    sock.close()
+    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(payload)
+
+
+def inflight(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith('torchrig_inflight_requests{model="slow"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def until(condition: object, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_requests_of_clients_that_left_never_reach_the_model(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    config = ModelConfig(
+        batching=BatchingConfig(max_batch_size=1, max_queue_delay_ms=0, preferred_batch_sizes=[1])
+    )
+    pack_faulty(repo, "slow", 1, tag=TAG, config=config)
+    held = gate(TAG)
+    with running(repo, ServeSettings(port=0, log_format="text")) as (url, state):
+        batcher = state.registry.resolve("slow").batcher
+        before = len(seen(TAG))  # packing and warm-up ran it too
+        held.clear()
+        try:
+            first = send(url, [1.0])
+            until(lambda: 1.0 in seen(TAG))  # the first request holds the model
+            waiting = {value: send(url, [value]) for value in (2.0, 3.0, 4.0, 5.0, 6.0)}
+            until(lambda: batcher.stats().queue_depth == 5)
+            for value in (3.0, 5.0):  # these clients give up
+                waiting.pop(value).close()
+            until(lambda: inflight(url) == 4)  # the server saw them go
+        finally:
+            held.set()
+        status, first_answer = answer(first)
+        assert status == 200
+        for value, sock in waiting.items():
+            status, reply = answer(sock)
+            assert status == 200, reply
+            assert reply["outputs"][0]["data"] == [value, 0.0]  # type: ignore[index]
+        stats = batcher.stats()
+    assert first_answer["outputs"][0]["data"] == [1.0, 0.0]  # type: ignore[index]
+    assert sorted(seen(TAG)[before:]) == [1.0, 2.0, 4.0, 6.0]  # 3 and 5 never ran
+    assert stats.cancelled == 2
+    assert stats.requests == 4

@@ -1,0 +1,206 @@
+"""The management API on a real server in explicit mode: bearer token, load and unload,
+the readable index, and model names that try to leave the repository (raw HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from faults import body, pack_faulty
+from serving import running
+from torchrig.errors import ConfigError, ManagementDisabled
+from torchrig.server.management import TOKEN_ENV, Management, read_management_token
+from torchrig.settings import ServeSettings
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("management-source")
+    pack_faulty(root, "m", 1)
+    pack_faulty(root, "m", 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def explicit(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    repo = tmp_path_factory.mktemp("management") / "models"
+    shutil.copytree(source / "m" / "1", repo / "m" / "1")
+    shutil.copytree(source / "m" / "1", repo / "n" / "1")
+    manifest = json.loads((repo / "n" / "1" / "manifest.json").read_text())
+    manifest["name"] = "n"
+    (repo / "n" / "1" / "manifest.json").write_text(json.dumps(manifest))
+    settings = ServeSettings(port=0, log_format="text", control_mode="explicit")
+    with running(repo, settings, management_token=TOKEN) as (url, _):
+        yield url, repo
+
+
+def raw(
+    url: str, method: str, target: str, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Send a request line exactly as written (no client normalises it); (status, body)."""
+    parts = urlsplit(url)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Content-Length: 0"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines += ["Connection: close", "", ""]
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall("\r\n".join(lines).encode("latin-1"))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), payload.decode("utf-8", "replace")
+
+
+def test_load_and_unload_need_the_bearer_token(explicit: tuple[str, Path]) -> None:
+    url, _ = explicit
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {TOKEN}"}):
+        for action in ("load", "unload"):
+            response = httpx.post(f"{url}/v2/repository/models/m/{action}", headers=headers)
+            assert response.status_code == 401, response.text
+            assert "Authorization: Bearer" in response.json()["error"]
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    # nothing changed: m still serves
+    assert httpx.post(f"{url}/v2/models/m/infer", json=body([1.0])).status_code == 200
+
+
+def test_unload_drains_and_load_brings_back_the_policy_versions(
+    explicit: tuple[str, Path], source: Path
+) -> None:
+    url, repo = explicit
+    with httpx.Client(base_url=url, timeout=60) as client:
+        assert client.post("/v2/repository/models/m/unload", headers=AUTH).status_code == 200
+        gone = client.post("/v2/models/m/infer", json=body([1.0]))
+        assert gone.status_code == 503
+        index = client.post("/v2/repository/index").json()  # readable without a token
+        assert {"name": "m", "version": "1", "state": "UNLOADED", "reason": ""} in index
+        assert client.get("/v2/health/ready").status_code == 200  # n still serves
+        again = client.post("/v2/repository/models/m/unload", headers=AUTH)
+        assert again.status_code == 404
+        # a new version uploaded meanwhile is what the load brings in
+        shutil.copytree(source / "m" / "2", repo / "m" / "2")
+        assert client.post("/v2/repository/models/m/load", headers=AUTH).status_code == 200
+        answer = client.post("/v2/models/m/infer", json=body([3.0])).json()
+        assert (answer["model_version"], answer["outputs"][0]["data"]) == ("2", [6.0, 0.0])
+
+
+def test_loading_unknown_and_broken_models(explicit: tuple[str, Path], source: Path) -> None:
+    url, repo = explicit
+    with httpx.Client(base_url=url, timeout=60) as client:
+        missing = client.post("/v2/repository/models/zzz/load", headers=AUTH)
+        assert missing.status_code == 404
+        assert "not in repository" in missing.json()["error"]
+        broken = repo / "b" / "1"
+        shutil.copytree(source / "m" / "1", broken)
+        (broken / "manifest.json").write_text("{")  # unreadable manifest: no version
+        index = client.post("/v2/repository/index").json()
+        assert {"name": "b", "state": "UNAVAILABLE", "reason": "not loaded"} in index
+        failed = client.post("/v2/repository/models/b/load", headers=AUTH)
+        assert failed.status_code == 503
+        assert "no complete version" in failed.json()["error"]
+        ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
+        assert {row["state"] for row in ready_only} == {"READY"}
+        assert client.post("/v2/models/n/infer", json=body([1.0])).status_code == 200
+
+
+TRAVERSALS = [
+    "/v2/repository/models/../secret/load",
+    "/v2/repository/models/..%2F..%2Fetc/load",
+    "/v2/repository/models/%2e%2e%2fsecret/load",
+    "/v2/repository/models/%2E%2E/load",
+    "/v2/repository/models//etc/passwd/load",
+    "/v2/repository/models/%2Fetc%2Fpasswd/load",
+    "/v2/repository/models/..\\..\\etc/load",
+    "/v2/repository/models/%5C..%5Cetc/load",
+    "/v2/repository/models/m%00/load",
+    "/v2/repository/models/m/../n/load",
+    "/v2/repository/models/m%2Fx/unload",
+    "/v2/models/..%2Fm/infer",
+    "/v2/models/%2e%2e/ready",
+]
+
+
+@pytest.mark.parametrize("target", TRAVERSALS)
+def test_path_traversal_in_model_names_is_refused(explicit: tuple[str, Path], target: str) -> None:
+    url, _ = explicit
+    method = "GET" if target.endswith("/ready") else "POST"
+    for headers in (AUTH, {}):  # refused before any token check or lookup
+        status, text = raw(url, method, target, headers)
+        assert status == 400, (target, status, text)
+        message = json.loads(text)["error"]
+        assert "model name" in message or "path segment" in message
+        assert "refused" in message or "letters, digits" in message or "plain path" in message
+
+
+def test_a_real_client_with_a_pre_encoded_url_is_refused_too(explicit: tuple[str, Path]) -> None:
+    url, _ = explicit
+    target = httpx.URL(f"{url}/v2/repository/models/..%2Fsecret/load")
+    response = httpx.post(target, headers=AUTH)
+    assert response.status_code == 400
+    assert "percent-encoded" in response.json()["error"]
+
+
+def test_without_a_token_the_management_api_is_off(server: tuple[str, Any]) -> None:
+    url, _ = server  # the demo server: control mode none, no token
+    response = httpx.post(f"{url}/v2/repository/models/ranker/unload", headers=AUTH)
+    assert response.status_code == 403
+    assert TOKEN_ENV in response.json()["error"]
+    assert httpx.post(f"{url}/v2/models/ranker/infer", content=b"{}").status_code == 400
+
+
+def test_a_token_outside_explicit_mode_is_refused(server: tuple[str, Any]) -> None:
+    _, state = server
+    management = Management(state.registry, control_mode="poll", token=TOKEN)
+    with pytest.raises(ManagementDisabled, match="--control-mode explicit"):
+        management.authorize(AUTH)
+
+
+def test_token_sources(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    assert read_management_token(str(token_file), {}) == TOKEN
+    assert read_management_token("", {TOKEN_ENV: TOKEN}) == TOKEN
+    assert read_management_token("", {}) is None
+    with pytest.raises(ConfigError, match="keep one"):
+        read_management_token(str(token_file), {TOKEN_ENV: TOKEN})
+    token_file.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        read_management_token(str(token_file), {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_management_token(str(tmp_path / "absent"), {})
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--control-mode", "sometimes"], "--control-mode 'sometimes'"),
+        (["--poll-interval-s", "0"], "--poll-interval-s must be positive"),
+        (["--management-token-file", "/nonexistent/token"], "cannot read the management token"),
+    ],
+)
+def test_serve_refuses_bad_control_settings(tmp_path: Path, args: list[str], needle: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "torchrig", "serve", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr
+    assert "Traceback" not in done.stderr
