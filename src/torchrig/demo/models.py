@@ -14,6 +14,8 @@ EMBEDDING_ROWS = 1000
 EMBEDDING_DIM = 16
 IMAGE_SIZE = 64
 CLASSES = 10
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -108,13 +110,39 @@ def classifier() -> tuple[nn.Module, tuple[Any, ...]]:
     return TinyImageClassifier().eval(), TinyImageClassifier.example_inputs()
 
 
-def torchvision_models() -> dict[str, tuple[nn.Module, tuple[Any, ...]]]:
-    """ResNet-50 and ViT-B/16 with random weights (weights=None); needs torchvision."""
+class NormalizedImageModel(nn.Module):  # type: ignore[misc]
+    """Takes decoded RGB frames as uint8 [batch, 3, H, W] and normalises them on the model's
+    device, in the model's dtype, so clients send 4x fewer bytes than float32 pixels and
+    the GPU, not the server's CPU, does the arithmetic. Logits come back as float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.model = model.to(dtype)
+        self.register_buffer("scale", (1.0 / (255.0 * std)).to(dtype))
+        self.register_buffer("shift", (-mean / std).to(dtype))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.to(self.scale.dtype) * self.scale + self.shift
+        return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+
+
+def torchvision_models(
+    dtype: torch.dtype = torch.bfloat16,
+) -> dict[str, tuple[nn.Module, tuple[Any, ...]]]:
+    """ResNet-50 and ViT-B/16 with random weights (weights=None), taking uint8 frames
+    [batch, 3, 224, 224] and exported in `dtype` (bf16 by default: what they are served
+    in on a GPU); needs torchvision."""
     torchvision = importlib.import_module("torchvision")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         resnet = torchvision.models.resnet50(weights=None).eval()
         vit = torchvision.models.vit_b_16(weights=None).eval()
-    image = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    return {"resnet50": (resnet, (image,)), "vit_b_16": (vit, (image,))}
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8, generator=generator)
+    return {
+        "resnet50": (NormalizedImageModel(resnet, dtype).eval(), (image,)),
+        "vit_b_16": (NormalizedImageModel(vit, dtype).eval(), (image,)),
+    }

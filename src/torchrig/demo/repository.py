@@ -16,7 +16,8 @@ CLASSIFIER_CONFIG = ModelConfig(
     device="cpu",
 )
 TORCHVISION_CONFIG = ModelConfig(
-    batching=BatchingConfig(max_batch_size=32, max_queue_delay_ms=5.0),
+    batching=BatchingConfig(max_batch_size=128, max_queue_delay_ms=2.0),
+    channels_last=True,
 )
 
 

@@ -4,11 +4,16 @@
 differences refuse the load, risky ones become warnings), loads the program onto the
 device with the configured dtype and memory format, and warms it up over the batch sizes
 it will see. `infer()` runs under `torch.inference_mode()` and returns CPU tensors.
+
+On CUDA each instance gets a lane (`cuda_lanes`): its own streams, static buffers and a
+CUDA graph per warm-up batch size. `compile` in the model's config runs the program
+through `torch.compile` first. Either falling over costs a warning, never the load.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -82,6 +87,9 @@ class Executor:
         self._program: Any = None
         self._dtype: Any = None
         self._channels_last = False
+        self._eager_module: Any = None
+        self._lanes: queue.SimpleQueue[Any] | None = None  # CudaLane, one per instance
+        self.graph_sizes: list[int] = []  # batch sizes with a captured CUDA graph
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -89,6 +97,7 @@ class Executor:
         import torch
 
         from torchrig.packaging import load_program
+        from torchrig.packaging.export import torch_deprecations_ignored
 
         self.warnings = check_environment(self.manifest, self.environment)
         self.device = resolve_device(self.requested_device)
@@ -105,22 +114,117 @@ class Executor:
         four_d = any(
             s.datatype in FLOAT_DATATYPES and len(s.shape) == 4 for s in self.manifest.inputs
         )
-        wanted = self.config.channels_last
-        self._channels_last = self.device.startswith("cuda") and four_d and wanted is not False
+        wanted = self.config.channels_last  # None: for 4-D float inputs; True: always
+        self._channels_last = self.device.startswith("cuda") and (
+            wanted is True or (four_d and wanted is None)
+        )
         if self._channels_last:
             module = getattr(program, "module", None)
             if isinstance(module, torch.nn.Module):
                 module.to(memory_format=torch.channels_last)
         self._program = program
-        if self.config.warmup:
-            self.warm_up()
+        lanes = []
+        if self.device.startswith("cuda"):
+            self._lanes = queue.SimpleQueue()
+            lanes = [self._new_lane() for _ in range(max(1, self.config.instances))]
+            for lane in lanes:
+                self._lanes.put(lane)
+        with torch_deprecations_ignored():  # torch.compile's imports warn; users can't act
+            self._compile(program)
+            if self.config.warmup:
+                self.warm_up()
+        if lanes and self.config.warmup:  # capturing runs every size: a warm-up too
+            self._capture(lanes)
+
+    def _compile(self, program: Any) -> None:
+        mode = self.config.compile
+        if mode == "off":
+            return
+        if self.manifest.format == "aoti":
+            self.warnings.append("compile is ignored: an AOTInductor package is compiled already")
+            return
+        import torch
+
+        self._eager_module = program.module
+        program.module = torch.compile(program.module, mode=mode)
+
+    def _uncompile(self, exc: BaseException) -> None:
+        """A compile failure falls back to the eager program, with a warning."""
+        message = (
+            f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "running eagerly"
+        )
+        log.warning("%s version %s: %s", self.manifest.name, self.manifest.version, message)
+        self.warnings.append(message)
+        self._program.module = self._eager_module
+
+    def _new_lane(self) -> Any:
+        import torch
+
+        from torchrig.runtime.cuda_lanes import CudaLane, InputLayout
+
+        layouts = [
+            InputLayout(
+                spec=spec,
+                dtype=(
+                    self._dtype
+                    if self._dtype is not None and spec.datatype in FLOAT_DATATYPES
+                    else torch_dtype(spec.datatype)
+                ),
+                channels_last=(
+                    self._channels_last
+                    and spec.datatype in FLOAT_DATATYPES
+                    and len(spec.shape) == 4
+                ),
+            )
+            for spec in self.manifest.inputs
+        ]
+        return CudaLane(self._forward, layouts, self.manifest.outputs, torch.device(self.device))
+
+    def _forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return self._program(inputs)  # type: ignore[no-any-return]
+
+    def _capture(self, lanes: list[Any]) -> None:
+        from torchrig.runtime.cuda_lanes import graphable
+
+        if not (self.config.cuda_graphs and self.manifest.batching):
+            return
+        if not graphable(self.manifest.inputs):
+            self.warnings.append(
+                "cuda_graphs: skipped, an input has a variable dimension past the batch one"
+            )
+            return
+        sizes = self.warmup_sizes()
+        try:
+            for lane in lanes:
+                lane.capture(sizes)
+        except Exception as exc:  # any capture failure: every lane runs eagerly
+            for lane in lanes:
+                lane.graphs.clear()
+                lane.buckets = []
+            message = (
+                f"CUDA graph capture failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); running eagerly"
+            )
+            log.warning("%s version %s: %s", self.manifest.name, self.manifest.version, message)
+            self.warnings.append(message)
+            return
+        self.graph_sizes = sorted(sizes)
 
     def unload(self) -> None:
         self._program = None
+        self._eager_module = None
+        self._lanes = None  # the lanes' graphs and static buffers go with them
+        self.graph_sizes = []
         if self.device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
+
+    @property
+    def program(self) -> Any:
+        """The loaded program (None before `load()` and after `unload()`)."""
+        return self._program
 
     @property
     def loaded(self) -> bool:
@@ -144,7 +248,15 @@ class Executor:
         """Run every batch size once so the first real requests do not pay for it."""
         for rows in self.warmup_sizes():
             try:
-                self.infer(self.example(rows))
+                try:
+                    self.infer(self.example(rows))
+                except Exception as exc:
+                    if self.config.compile == "off" or self.manifest.format == "aoti":
+                        raise
+                    if self._program.module is self._eager_module:
+                        raise
+                    self._uncompile(exc)
+                    self.infer(self.example(rows))
             except Exception as exc:
                 raise ArtifactError(
                     f"{self.manifest.name} version {self.manifest.version} failed its warm-up "
@@ -172,15 +284,19 @@ class Executor:
         program = self._program
         if program is None:
             raise ArtifactError(f"{self.manifest.name} is not loaded")
-        on_gpu = self.device.startswith("cuda")
-        staged: dict[str, Any] = {}
-        for name, given in inputs.items():
-            tensor = given.pin_memory().to(self.device, non_blocking=True) if on_gpu else given
-            if self._dtype is not None and tensor.is_floating_point():
-                tensor = tensor.to(self._dtype)
-            if self._channels_last and tensor.dim() == 4 and tensor.is_floating_point():
-                tensor = tensor.contiguous(memory_format=torch.channels_last)
-            staged[name] = tensor
+        lanes = self._lanes
+        if lanes is not None:
+            lane = lanes.get()
+            try:
+                return lane.run(inputs, _rows(inputs))  # type: ignore[no-any-return]
+            finally:
+                lanes.put(lane)
+        # the CPU path: channels_last is a CUDA-only choice, so only the dtype changes
+        cast = self._dtype
+        staged = {
+            name: tensor.to(cast) if cast is not None and tensor.is_floating_point() else tensor
+            for name, tensor in inputs.items()
+        }
         with torch.inference_mode():
             outputs = program(staged)
         result: dict[str, Any] = {}
@@ -189,5 +305,10 @@ class Executor:
             want = torch_dtype(spec.datatype)
             if tensor.dtype != want:
                 tensor = tensor.to(want)
-            result[spec.name] = tensor.cpu() if on_gpu else tensor
+            result[spec.name] = tensor
         return result
+
+
+def _rows(inputs: Mapping[str, Any]) -> int:
+    first = next(iter(inputs.values()))
+    return int(first.shape[0]) if first.dim() else 1
