@@ -51,6 +51,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "image",
         "Render, lock, tag and build the standard PyTorch-CUDA images (runtime, dev, serve).",
     ),
+    "bench": (
+        "torchrig.cli.bench",
+        "bench",
+        "Load-test any V2 server (closed or open loop); time a model's in-process ceiling.",
+    ),
+    "deploy": (
+        "torchrig.cli.deploy",
+        "deploy",
+        "Render Kubernetes/KServe manifests, alerting rules and a Grafana dashboard.",
+    ),
 }
 
 

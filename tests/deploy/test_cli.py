@@ -1,0 +1,138 @@
+"""`torchrig deploy ...` as a user runs it: a real process, stdout, files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+IMAGE = "ghcr.io/acme/pytorch:2.11.0-cuda12.8-serve"
+WORKLOAD = ["--name", "ranker", "--image", IMAGE, "--model-repo", "s3://models/ranking"]
+
+
+def torchrig(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
+    return subprocess.run(
+        [sys.executable, "-m", "torchrig", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_k8s_to_stdout() -> None:
+    proc = torchrig("deploy", "k8s", *WORKLOAD, "--namespace", "serving")
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert [d["kind"] for d in docs] == [
+        "Secret",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+    ]
+    assert {d["metadata"]["namespace"] for d in docs} == {"serving"}
+    assert "freshly generated management token" in proc.stderr
+
+
+def test_k8s_and_kserve_into_a_directory(tmp_path: Path) -> None:
+    out = tmp_path / "deploy"
+    proc = torchrig("deploy", "k8s", *WORKLOAD, "--gpus", "2", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        f"{k}.yaml"
+        for k in (
+            "secret",
+            "service",
+            "deployment",
+            "poddisruptionbudget",
+            "horizontalpodautoscaler",
+            "servicemonitor",
+        )
+    )
+    assert sorted(proc.stdout.splitlines()) == sorted(f"wrote {out / n}" for n in names)
+    deployment = yaml.safe_load((out / "deployment.yaml").read_text())
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 2
+    kserve = tmp_path / "kserve"
+    proc = torchrig("deploy", "kserve", *WORKLOAD, "--replicas", "2", "-o", str(kserve))
+    assert proc.returncode == 0, proc.stderr
+    assert (kserve / "servingruntime.yaml").exists()
+    assert (kserve / "inferenceservice.yaml").exists()
+    assert not (kserve / "horizontalpodautoscaler.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "Ranker"], "--name 'Ranker' is not a valid name"),
+        (["--gpus", "0"], "--gpus 0: a torchrig server needs at least 1 GPU"),
+        (["--gpus", "16"], "--gpus 16 is more than a node has"),
+        (["--memory", "-1Gi"], "--memory '-1Gi' must be positive"),
+        (["--image", "ghcr.io/acme/pytorch"], "has no tag or digest"),
+        (["--replicas", "2", "--min-replicas", "1"], "not both"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_nothing_written(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "never"
+    proc = torchrig("deploy", "k8s", *WORKLOAD, *args, "-o", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("Error: ")
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stdout == ""
+    assert not out.exists()
+
+
+def test_kserve_refuses_a_path_repository(tmp_path: Path) -> None:
+    args = ["--name", "ranker", "--image", IMAGE, "--model-repo", "/models"]
+    proc = torchrig("deploy", "kserve", *args, "-o", str(tmp_path / "never"))
+    assert proc.returncode == 2
+    assert "not a storage URI KServe can download" in proc.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_monitoring_assets(tmp_path: Path) -> None:
+    proc = torchrig("deploy", "monitoring", "--namespace", "monitoring", "-o", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "alerts.rules.yml",
+        "grafana-dashboard-configmap.yaml",
+        "grafana-dashboard.json",
+        "prometheus-adapter-values.yaml",
+        "prometheusrule.yaml",
+    ]
+    rule = yaml.safe_load((tmp_path / "prometheusrule.yaml").read_text())
+    assert rule["metadata"]["namespace"] == "monitoring"
+    rules = yaml.safe_load((tmp_path / "alerts.rules.yml").read_text())
+    assert rule["spec"]["groups"] == rules["groups"]
+    configmap = yaml.safe_load((tmp_path / "grafana-dashboard-configmap.yaml").read_text())
+    assert json.loads(configmap["data"]["torchrig.json"]) == json.loads(
+        (tmp_path / "grafana-dashboard.json").read_text()
+    )
+    dashboard = torchrig("deploy", "monitoring", "--asset", "dashboard")
+    assert json.loads(dashboard.stdout)["uid"] == "torchrig-serving"
+    plain = torchrig("deploy", "monitoring")
+    assert yaml.safe_load(plain.stdout) == rules
+    both = torchrig("deploy", "monitoring", "--asset", "rules", "-o", str(tmp_path / "x"))
+    assert both.returncode == 2
+    assert "not both" in both.stderr
+
+
+def test_help_lists_deploy() -> None:
+    proc = torchrig("--help")
+    assert "deploy" in proc.stdout
+    sub = torchrig("deploy", "--help")
+    assert {"k8s", "kserve", "monitoring"} <= set(sub.stdout.split())
