@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every GPU check of torchrig in one run on a CUDA machine, for a session that has one:
+# the GPU-marked tests, the deep doctor, golden replay on the GPU, the demo's torchvision
+# models, and the runtime/server throughput benchmark. Each step has its own time limit;
+# a failing step is reported and the next one runs. Output lands in $OUT (default ./out).
+#
+# Run from the repository root: `bash benchmarks/gpu_checks.sh [steps]`, steps a comma list
+# of tests,throughput,doctor,verify,torchvision (default: all). torchrig must be importable
+# (`pip install -e .`, or PYTHONPATH=src with its dependencies installed).
+set -uo pipefail
+OUT="${OUT:-./out}"
+mkdir -p "$OUT"
+STEPS="${1:-tests,throughput,doctor,verify,torchvision}"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME LIMIT_S COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    case ",$STEPS," in *",$name,"*) ;; *) return 0 ;; esac
+    echo "=== $name (limit ${limit}s) $(date -u +%T)"
+    local start=$SECONDS
+    timeout -k 10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    echo "=== $name: exit ${PIPESTATUS[0]} in $((SECONDS - start)) s"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+
+step tests "${TESTS_LIMIT_S:-240}" "$PY" -m pytest -q -p no:cacheprovider -m gpu \
+    tests/facts/test_gpu.py tests/packaging/test_verify.py tests/server/test_metrics.py \
+    tests/runtime
+step throughput "${THROUGHPUT_LIMIT_S:-420}" "$PY" benchmarks/gpu_throughput.py --out "$OUT" ${THROUGHPUT_ARGS:-}
+step doctor 120 "$PY" -m torchrig doctor --deep --probe-timeout-s 90
+step verify 120 bash -c "rm -rf /tmp/demo-repo && $PY -c 'from pathlib import Path; \
+from torchrig.demo import build_demo_repository; build_demo_repository(Path(\"/tmp/demo-repo\"))' \
+&& $PY -m torchrig verify /tmp/demo-repo --device cuda"
+step torchvision 180 "$PY" -m pytest -q -p no:cacheprovider \
+    tests/demo/test_demo.py::test_torchvision_models_pack_when_asked
