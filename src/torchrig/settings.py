@@ -122,6 +122,14 @@ class ServeSettings:
         default=30.0,
         metadata=_option("On SIGTERM, how long in-flight requests may take to finish."),
     )
+    workers: int = dataclasses.field(
+        default=1,
+        metadata=_option(
+            "Server processes sharing the port (and the GPU), each with its own copy of the "
+            "models: more than 1 when one process cannot parse requests as fast as the GPU "
+            "computes."
+        ),
+    )
     require_gpu: bool = dataclasses.field(
         default=False,
         metadata=_option("The startup doctor fails (server never ready) without a usable GPU."),

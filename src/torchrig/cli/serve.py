@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from torchrig.errors import UsageError
-from torchrig.settings import load_settings, settings_options
+from torchrig.settings import ServeSettings, load_settings, settings_options
 
 DEMO_ROWS = "[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]]"
 DEMO_SPARSE = "[[" + ", ".join(str(i * 37 % 1000) for i in range(26)) + "]]"
@@ -46,6 +46,36 @@ torchrig is serving the demo repository at {url}
 """
 
 
+def check_settings(settings: ServeSettings) -> None:
+    """Refuse settings the server cannot run with, naming the fix."""
+    from torchrig.server.management import CONTROL_MODES
+
+    if settings.log_format not in ("json", "text"):
+        raise UsageError(f"--log-format {settings.log_format!r}: use json or text.")
+    if not 0 <= settings.port <= 65535:
+        raise UsageError(f"--port {settings.port} is not a TCP port (0..65535).")
+    for name in (
+        "max_body_mb",
+        "request_timeout_s",
+        "max_request_timeout_s",
+        "drain_timeout_s",
+        "poll_interval_s",
+    ):
+        if getattr(settings, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive.")
+    if settings.control_mode not in CONTROL_MODES:
+        raise UsageError(
+            f"--control-mode {settings.control_mode!r}: use {', '.join(CONTROL_MODES)}."
+        )
+    if settings.workers < 1:
+        raise UsageError(f"--workers {settings.workers}: give 1 or more server processes.")
+    if settings.workers > 1 and settings.control_mode == "explicit":
+        raise UsageError(
+            f"--workers {settings.workers} with --control-mode explicit: a load or unload "
+            "would reach one worker only; use --control-mode poll or none, or --workers 1."
+        )
+
+
 @click.command("serve")
 @click.argument("repository", required=False)
 @click.option(
@@ -69,25 +99,9 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
     Logs: JSON lines on stdout (--log-format text for people).
     """
     settings = load_settings(config_file=config, overrides={"serve": options}).serve
-    if settings.log_format not in ("json", "text"):
-        raise UsageError(f"--log-format {settings.log_format!r}: use json or text.")
-    if not 0 <= settings.port <= 65535:
-        raise UsageError(f"--port {settings.port} is not a TCP port (0..65535).")
-    for name in (
-        "max_body_mb",
-        "request_timeout_s",
-        "max_request_timeout_s",
-        "drain_timeout_s",
-        "poll_interval_s",
-    ):
-        if getattr(settings, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive.")
-    from torchrig.server.management import CONTROL_MODES, read_management_token
+    check_settings(settings)
+    from torchrig.server.management import read_management_token
 
-    if settings.control_mode not in CONTROL_MODES:
-        raise UsageError(
-            f"--control-mode {settings.control_mode!r}: use {', '.join(CONTROL_MODES)}."
-        )
     token = read_management_token(settings.management_token_file)
     if repository is None and not demo:
         raise UsageError("give a model repository (a path or an fsspec URL), or --demo.")
@@ -110,7 +124,6 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
         raise UsageError("give a model repository, or --demo.")
     cache = Path(tempfile.mkdtemp(prefix="torchrig-cache-"))
     try:
-        state = build_state(repository, settings, cache_dir=cache, management_token=token)
 
         def ready(url: str) -> None:
             import logging
@@ -119,6 +132,16 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
             if demo:
                 click.echo(demo_banner(url), err=True)
 
+        if settings.workers > 1:
+            from torchrig.server.workers import serve_workers
+
+            status = serve_workers(
+                repository, settings, cache_dir=cache, management_token=token, on_ready=ready
+            )
+            if status:
+                sys.exit(status)
+            return
+        state = build_state(repository, settings, cache_dir=cache, management_token=token)
         server = make_server(state, on_ready=ready)
         server.run()
         if not server.started:

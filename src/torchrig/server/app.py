@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import re
 import secrets
 import time
@@ -84,6 +85,9 @@ class V2App:
         # a system call on the hot path)
         self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
+        # with several worker processes, every answer names its worker (header
+        # torchrig-worker: <pid>), so that the spread of requests can be seen
+        self._worker = str(os.getpid()).encode() if state.settings.workers > 1 else None
         self.management = Management(
             state.registry,
             control_mode=state.settings.control_mode,
@@ -92,6 +96,8 @@ class V2App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self._worker is not None:
+                send = _naming_worker(send, self._worker)
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -403,6 +409,17 @@ async def _unless_disconnected(
     task.cancel()
     log.debug("client went away: its request is dropped")
     return None
+
+
+def _naming_worker(send: Send, pid: bytes) -> Send:
+    """`send` that adds the header `torchrig-worker: <pid>` to the response start."""
+
+    async def tagged(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message["headers"], (b"torchrig-worker", pid)]
+        await send(message)
+
+    return tagged
 
 
 def _outcome(status: int) -> str:

@@ -32,21 +32,33 @@ allocator series only once this process has initialised CUDA. Model and version 
 of failures come from the request path, so names the model registry does not know are
 reported as `model=""` / `version=""`: a client probing random names cannot grow the
 number of series without bound.
+
+With several server processes (`serve --workers N`) a scrape reaches one of them, so the
+metrics use prometheus_client's multiprocess mode (`multiprocess_dir`): counters and
+histograms live in per-process files that a scrape sums, and the scrape-time series
+(in-flight, queue depth, readiness, allocator bytes) are copied into multiprocess gauges:
+in-flight on every change, the others every 0.5 s and at each scrape. Across workers,
+in-flight, queue depth and allocator bytes are sums and readiness is the minimum (1 only
+when every worker serves the version); the NVML series describe the GPU itself and come
+from the worker that answers the scrape. In that mode there are no `_created` series, and
+a series once reported stays (at 0) after its model version is gone.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from torchrig.runtime.batcher import BatchRecord
 from torchrig.runtime.registry import ModelRegistry, ServedVersion
 from torchrig.server.gpu_metrics import NvmlCollector, TorchAllocatorCollector
+from torchrig.server.shared_metrics import GaugeMirror, check_multiprocess, scrape_registry
 
 # serving is ms-scale: 0.5 ms .. 10 s, about three buckets per decade
 DURATION_BUCKETS_S = (
@@ -76,6 +88,8 @@ class ServerMetrics:
 
     `model_registry` feeds the scrape-time series (queue depth, model readiness) and
     bounds the model/version label values; `gpu=False` leaves NVML alone.
+    `multiprocess_dir` turns on multiprocess mode (one of several worker processes): it
+    must be the PROMETHEUS_MULTIPROC_DIR this process had before importing prometheus_client.
     """
 
     def __init__(
@@ -84,9 +98,13 @@ class ServerMetrics:
         *,
         model_registry: ModelRegistry | None = None,
         gpu: bool = True,
+        multiprocess_dir: Path | None = None,
     ) -> None:
         self.registry = registry
         self._models = model_registry
+        self._multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            check_multiprocess(multiprocess_dir)
         labels = ["model", "version"]
         self._success = Counter(
             "torchrig_request_success",
@@ -136,11 +154,17 @@ class ServerMetrics:
             registry=registry,
         )
         self._runtime = _RuntimeCollector(model_registry)
-        registry.register(self._runtime)
         self._nvml = NvmlCollector.open() if gpu else None
+        self._torch = TorchAllocatorCollector() if gpu else None
+        self._mirror: GaugeMirror | None = None
+        self._known_models: frozenset[str] = frozenset()  # models the last publish() saw
+        if multiprocess_dir is not None:  # the scrape reads the files; see render()
+            described = [*_runtime_families(), *TorchAllocatorCollector().describe()]
+            self._mirror = GaugeMirror(registry, described)
+            return
+        registry.register(self._runtime)
         if self._nvml is not None:
             registry.register(self._nvml)
-        self._torch = TorchAllocatorCollector() if gpu else None
         if self._torch is not None:
             registry.register(self._torch)
 
@@ -149,6 +173,8 @@ class ServerMetrics:
     def request_started(self, model: str) -> None:
         """An inference request for `model` arrived (in-flight +1)."""
         self._runtime.inflight_add(model, 1)
+        if self._mirror is not None:
+            self._publish_inflight(self._mirror, model)
 
     def request_finished(
         self, model: str, version: str | None, *, outcome: str, duration_s: float
@@ -160,6 +186,8 @@ class ServerMetrics:
         successes only; failures are counted by reason.
         """
         self._runtime.inflight_add(model, -1)
+        if self._mirror is not None:
+            self._publish_inflight(self._mirror, model)
         if outcome == "success":
             labels = (model, version or UNKNOWN)
             self._success.labels(*labels).inc()
@@ -194,7 +222,36 @@ class ServerMetrics:
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition and its content type (OpenMetrics when `accept` asks for it)."""
         encode, content_type = choose_encoder(accept or "")
-        return encode(self.registry), content_type
+        if self._multiprocess_dir is None:
+            return encode(self.registry), content_type
+        self.publish()  # this worker's values are current; the others' at most 0.5 s old
+        scrape = scrape_registry(self._multiprocess_dir)
+        if self._nvml is not None:  # the GPU itself: once, from whichever worker answers
+            scrape.register(self._nvml)
+        return encode(scrape), content_type
+
+    @property
+    def multiprocess(self) -> bool:
+        """True in one of several worker processes (see `publish`)."""
+        return self._mirror is not None
+
+    def publish(self) -> None:
+        """Multiprocess mode: copy this process's scrape-time series (in-flight, queue
+        depth, readiness, allocator bytes) into the shared files; a no-op otherwise."""
+        if self._mirror is None:
+            return
+        families: list[Metric] = list(self._runtime.collect())
+        if self._torch is not None:
+            families.extend(self._torch.collect())
+        self._known_models = self._runtime.known_models()
+        self._mirror.publish(families)
+
+    def _publish_inflight(self, mirror: GaugeMirror, model: str) -> None:
+        """Multiprocess mode: this process's in-flight count under `model`'s label, at
+        each change (cheap: the known models are those of the last full `publish`)."""
+        label = model if model in self._known_models or self._models is None else UNKNOWN
+        count = self._runtime.inflight_under(label, self._known_models)
+        mirror.set("torchrig_inflight_requests", (label,), float(count))
 
     def close(self) -> None:
         """Release NVML (its initialisation is counted); call when the server stops."""
@@ -227,23 +284,29 @@ class _RuntimeCollector(Collector):
             else:  # the registry's models are reported at 0 anyway; unknown names go
                 self._inflight.pop(model, None)
 
+    def known_models(self, versions: list[ServedVersion] | None = None) -> frozenset[str]:
+        """The models the registry knows (with versions, or with an error)."""
+        if self._models is None:
+            return frozenset()
+        if versions is None:
+            versions = _versions(self._models)
+        return frozenset({v.model for v in versions} | set(self._models.model_errors()))
+
+    def inflight_under(self, label: str, known: frozenset[str]) -> int:
+        """Requests in flight whose model folds into `label` ("" for names not `known`)."""
+        with self._lock:
+            counts = list(self._inflight.items())
+        if self._models is None:
+            return sum(n for model, n in counts if model == label)
+        return sum(n for model, n in counts if (model if model in known else UNKNOWN) == label)
+
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return list(_runtime_families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        inflight, depth, ready = _runtime_families()
+        _, depth, ready = _runtime_families()
         versions = [] if self._models is None else _versions(self._models)
-        with self._lock:
-            counts = dict(self._inflight)
-        if self._models is not None:  # fold names the registry does not know into ""
-            known = {v.model for v in versions} | set(self._models.model_errors())
-            folded: dict[str, int] = dict.fromkeys(known, 0)
-            for model, count in counts.items():
-                label = model if model in known else UNKNOWN
-                folded[label] = folded.get(label, 0) + count
-            counts = folded
-        for model, count in sorted(counts.items()):
-            inflight.add_metric([model], float(count))
+        yield self.inflight_family(versions)
         if self._models is not None:  # a model with no loadable version at all
             with_versions = {v.model for v in versions}
             for model in sorted(set(self._models.model_errors()) - with_versions):
@@ -254,9 +317,26 @@ class _RuntimeCollector(Collector):
             batcher = served.batcher
             if served.state == "ready" and batcher is not None:
                 depth.add_metric(labels, float(batcher.stats().queue_depth))
-        yield inflight
         yield depth
         yield ready
+
+    def inflight_family(self, versions: list[ServedVersion] | None = None) -> GaugeMetricFamily:
+        """In-flight requests per model: the registry's models (0 when idle) and ""."""
+        inflight = _runtime_families()[0]
+        if versions is None:
+            versions = [] if self._models is None else _versions(self._models)
+        with self._lock:
+            counts = dict(self._inflight)
+        if self._models is not None:  # fold names the registry does not know into ""
+            known = self.known_models(versions)
+            folded: dict[str, int] = dict.fromkeys(known, 0)
+            for model, count in counts.items():
+                label = model if model in known else UNKNOWN
+                folded[label] = folded.get(label, 0) + count
+            counts = folded
+        for model, count in sorted(counts.items()):
+            inflight.add_metric([model], float(count))
+        return inflight
 
 
 def _runtime_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:

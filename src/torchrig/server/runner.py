@@ -24,9 +24,12 @@ from torchrig.repository import Repository
 from torchrig.runtime import ModelRegistry
 from torchrig.server.app import ServerState, V2App
 from torchrig.server.management import CONTROL_MODES
+from torchrig.server.metrics import ServerMetrics
 from torchrig.settings import ServeSettings
 
 log = logging.getLogger("torchrig.server")
+
+PUBLISH_INTERVAL_S = 0.5  # with several workers: how old another worker's gauges may be
 
 
 def run_doctor(snapshot: Snapshot, require_gpu: bool) -> tuple[bool, str]:
@@ -50,21 +53,26 @@ def build_state(
     metrics_registry: Any | None = None,
     cache_dir: Path | None = None,
     management_token: str | None = None,
+    metrics_dir: Path | None = None,
 ) -> ServerState:
     """The app's shared state, with lifespan hooks that load and release the models (and,
     in poll mode, follow the repository). `management_token` turns the management API on
-    (with control_mode "explicit")."""
+    (with control_mode "explicit"). `metrics_dir`: this is one of several worker processes
+    whose metrics meet there (see `torchrig.server.workers`)."""
     from prometheus_client import CollectorRegistry
 
     from torchrig.envlock import take_lock
-    from torchrig.server.metrics import ServerMetrics
 
     check_control(settings)
     repo = Repository(repository, cache_dir=cache_dir)
     registry = ModelRegistry(
         repo, device=settings.device or None, drain_timeout_s=settings.drain_timeout_s
     )
-    metrics = ServerMetrics(metrics_registry or CollectorRegistry(), model_registry=registry)
+    metrics = ServerMetrics(
+        metrics_registry or CollectorRegistry(),
+        model_registry=registry,
+        multiprocess_dir=metrics_dir,
+    )
     state = ServerState(
         registry=registry, metrics=metrics, settings=settings, management_token=management_token
     )
@@ -92,6 +100,9 @@ def build_state(
             log.error("model %s not served: %s", name, reason, extra={"model": name})
         if settings.control_mode == "poll":
             tasks.append(asyncio.ensure_future(poll(registry, settings.poll_interval_s)))
+        if metrics.multiprocess:
+            metrics.publish()
+            tasks.append(asyncio.ensure_future(publish_metrics(metrics, PUBLISH_INTERVAL_S)))
         if settings.control_mode == "explicit" and management_token is None:
             log.warning(
                 "control mode explicit without a management token: load and unload are off "
@@ -132,6 +143,17 @@ async def poll(registry: ModelRegistry, interval_s: float) -> None:
             log.warning("polling the model repository failed: %s; trying again", exc)
 
 
+async def publish_metrics(metrics: ServerMetrics, interval_s: float) -> None:
+    """With several workers: keep this worker's scrape-time series current in the shared
+    metrics files (a scrape reaches one worker and reads every worker's files)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            metrics.publish()
+        except Exception:  # a task boundary: a failed copy must not stop the next ones
+            log.exception("publishing this worker's metrics failed; trying again")
+
+
 def make_server(state: ServerState, *, on_ready: Callable[[str], None] | None = None) -> Any:
     """A uvicorn server for the app whose signal handling first flips readiness off."""
     import uvicorn
@@ -167,8 +189,13 @@ def bound_url(server: Any) -> str:
     """The http:// URL the server actually listens on (port 0 resolved)."""
     for srv in getattr(server, "servers", []):
         for sock in srv.sockets:
-            host, port = sock.getsockname()[:2]
-            if ":" in host:
-                host = f"[{host}]"
-            return f"http://{host}:{port}"
+            return socket_url(sock)
     return f"http://{server.config.host}:{server.config.port}"
+
+
+def socket_url(sock: socket.socket) -> str:
+    """The http:// URL of a bound socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
