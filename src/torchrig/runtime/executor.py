@@ -126,7 +126,7 @@ class Executor:
         lanes = []
         if self.device.startswith("cuda"):
             self._lanes = queue.SimpleQueue()
-            lanes = [self._new_lane() for _ in range(max(1, self.config.instances))]
+            lanes = self._new_lanes(max(1, self.config.instances))
             for lane in lanes:
                 self._lanes.put(lane)
         with torch_deprecations_ignored():  # torch.compile's imports warn; users can't act
@@ -148,17 +148,19 @@ class Executor:
         self._eager_module = program.module
         program.module = torch.compile(program.module, mode=mode)
 
-    def _uncompile(self, exc: BaseException) -> None:
-        """A compile failure falls back to the eager program, with a warning."""
-        message = (
-            f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "running eagerly"
-        )
+    @property
+    def _compiled(self) -> bool:
+        """True while the program runs through torch.compile (no fallback taken yet)."""
+        return self._eager_module is not None and self._program.module is not self._eager_module
+
+    def _fall_back(self, what: str, exc: BaseException) -> None:
+        """A compile or capture failure costs a warning (logged and kept), never the load."""
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        message = f"{what} failed ({type(exc).__name__}: {first}); running eagerly"
         log.warning("%s version %s: %s", self.manifest.name, self.manifest.version, message)
         self.warnings.append(message)
-        self._program.module = self._eager_module
 
-    def _new_lane(self) -> Any:
+    def _new_lanes(self, count: int) -> list[Any]:
         import torch
 
         from torchrig.runtime.cuda_lanes import CudaLane, InputLayout
@@ -179,7 +181,10 @@ class Executor:
             )
             for spec in self.manifest.inputs
         ]
-        return CudaLane(self._forward, layouts, self.manifest.outputs, torch.device(self.device))
+        device = torch.device(self.device)
+        return [
+            CudaLane(self._forward, layouts, self.manifest.outputs, device) for _ in range(count)
+        ]
 
     def _forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return self._program(inputs)  # type: ignore[no-any-return]
@@ -202,12 +207,7 @@ class Executor:
             for lane in lanes:
                 lane.graphs.clear()
                 lane.buckets = []
-            message = (
-                f"CUDA graph capture failed ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}); running eagerly"
-            )
-            log.warning("%s version %s: %s", self.manifest.name, self.manifest.version, message)
-            self.warnings.append(message)
+            self._fall_back("CUDA graph capture", exc)
             return
         self.graph_sizes = sorted(sizes)
 
@@ -248,20 +248,23 @@ class Executor:
         """Run every batch size once so the first real requests do not pay for it."""
         for rows in self.warmup_sizes():
             try:
-                try:
-                    self.infer(self.example(rows))
-                except Exception as exc:
-                    if self.config.compile == "off" or self.manifest.format == "aoti":
-                        raise
-                    if self._program.module is self._eager_module:
-                        raise
-                    self._uncompile(exc)
-                    self.infer(self.example(rows))
+                self._warm(rows)
             except Exception as exc:
                 raise ArtifactError(
                     f"{self.manifest.name} version {self.manifest.version} failed its warm-up "
                     f"at batch size {rows}: {type(exc).__name__}: {exc}"
                 ) from None
+
+    def _warm(self, rows: int) -> None:
+        """One warm-up call; a compile failure (which surfaces here) falls back to eager."""
+        try:
+            self.infer(self.example(rows))
+        except Exception as exc:
+            if not self._compiled:
+                raise
+            self._fall_back("torch.compile", exc)
+            self._program.module = self._eager_module
+            self.infer(self.example(rows))
 
     def example(self, rows: int) -> dict[str, Any]:
         """Zero-filled inputs of `rows` rows (zeros are valid embedding indices too)."""
