@@ -40,5 +40,13 @@ async def until_async(condition: Any, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.001)
 
 
+def until(condition: Any, what: str = "the condition", timeout_s: float = 30.0) -> None:
+    """Poll a condition from a test thread with a deadline (no sleep standing in for it)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not in time: {what}"
+        time.sleep(0.005)
+
+
 def rows(start: float, count: int) -> dict[str, Any]:
     return {"x": torch.arange(start, start + count, dtype=torch.float32).reshape(count, 1)}

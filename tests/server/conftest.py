@@ -23,6 +23,30 @@ class Halver(torch.nn.Module):
         return x * 0.5
 
 
+class Slow(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+@pytest.fixture
+def slow_repo(tmp_path: Path) -> Path:
+    """A model whose batches wait 1.5 s for company: requests stay in flight long enough."""
+    root = tmp_path / "models"
+    config = ModelConfig(
+        batching=BatchingConfig(max_batch_size=64, max_queue_delay_ms=1500), warmup=False
+    )
+    pack(
+        Slow(),
+        (torch.zeros(2, 4),),
+        name="slow",
+        repository=root,
+        version=1,
+        output_names=["y"],
+        config=config,
+    )
+    return root
+
+
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("served") / "models"

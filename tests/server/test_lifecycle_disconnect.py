@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
+from doubles import until
 from faults import body, gate, pack_faulty, seen
 from serving import running
 from torchrig.repository import BatchingConfig, ModelConfig
@@ -48,13 +48,6 @@ def inflight(url: str) -> float:
         if line.startswith('torchrig_inflight_requests{model="slow"}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def until(condition: object, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def test_requests_of_clients_that_left_never_reach_the_model(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ first, manifest last) is ignored until complete, then hot-swapped in."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from doubles import until
 from faults import body, pack_faulty
 from serving import running
 from torchrig.settings import ServeSettings
@@ -45,13 +45,6 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         server.stop()
 
 
-def until(condition: Any, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_s3_repository_follows_uploads_while_serving(s3: Any, tmp_path: Path) -> None:
     local = tmp_path / "local"
     pack_faulty(local, "m", 1)
@@ -72,15 +65,16 @@ def test_s3_repository_follows_uploads_while_serving(s3: Any, tmp_path: Path) ->
             if item.name != "manifest.json":
                 s3.put(str(item), f"{BUCKET}/repo/m/2/{item.name}")
         seen = registry.refreshes
-        until(lambda: registry.refreshes >= seen + 2)  # two full polls saw the upload
+        # two full polls saw the upload
+        until(lambda: registry.refreshes >= seen + 2, timeout_s=60.0)
         assert [v.version for v in registry.versions()] == [1]
         s3.put(str(local / "m" / "2" / "manifest.json"), f"{BUCKET}/repo/m/2/manifest.json")
-        until(lambda: registry.resolve("m").version == 2)
+        until(lambda: registry.resolve("m").version == 2, timeout_s=60.0)
         second = client.post("/v2/models/m/infer", json=body([2.0])).json()
         assert (second["model_version"], second["outputs"][0]["data"]) == ("2", [4.0, 0.0])
         # removed from the bucket: the previous version comes back
         s3.rm(f"{BUCKET}/repo/m/2", recursive=True)
-        until(lambda: registry.resolve("m").version == 1)
-        until(lambda: [v.version for v in registry.versions()] == [1])
+        until(lambda: registry.resolve("m").version == 1, timeout_s=60.0)
+        until(lambda: [v.version for v in registry.versions()] == [1], timeout_s=60.0)
         assert client.get("/v2/health/ready").status_code == 200
     assert list(cache.iterdir()) == []  # each local copy went with its version

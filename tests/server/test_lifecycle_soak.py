@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from doubles import until
 from faults import body, pack_faulty
 from serving import running
 from torchrig.repository import BatchingConfig, ModelConfig
@@ -113,13 +114,6 @@ async def client_loop(url: str, index: int, tally: Tally, stop: asyncio.Event) -
                 continue
             tally.ok += 1
             tally.versions[(model, version)] += 1
-
-
-def until(condition: Any, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        time.sleep(0.01)
 
 
 class Changes:

@@ -13,35 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import torch
-
-from torchrig.packaging import pack
-from torchrig.repository import BatchingConfig, ModelConfig
-
-
-class Slow(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 1
-
-
-@pytest.fixture
-def slow_repo(tmp_path: Path) -> Path:
-    """A model whose batches wait 1.5 s for company: requests stay in flight long enough."""
-    root = tmp_path / "models"
-    config = ModelConfig(
-        batching=BatchingConfig(max_batch_size=64, max_queue_delay_ms=1500), warmup=False
-    )
-    pack(
-        Slow(),
-        (torch.zeros(2, 4),),
-        name="slow",
-        repository=root,
-        version=1,
-        output_names=["y"],
-        config=config,
-    )
-    return root
 
 
 def start(repo: Path) -> tuple[subprocess.Popen[str], str]:

@@ -17,10 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 
-from torchrig.packaging import pack
-from torchrig.repository import BatchingConfig, ModelConfig
 from torchrig.server.workers import threads_per_worker
 
 DEADLINE_S = 60.0
@@ -234,22 +231,6 @@ def test_two_workers_share_the_port_and_the_metrics(server: Callable[..., Server
     serve.until(lambda: not alive(other), "end of the other worker")
     assert f"(pid {victim}) exited unexpectedly (killed by SIGKILL)" in serve.messages()
     assert not metrics_dir.exists()
-
-
-class Slow(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 1
-
-
-@pytest.fixture
-def slow_repo(tmp_path: Path) -> Path:
-    """A model whose batches wait 1.5 s for company: requests stay in flight long enough."""
-    root = tmp_path / "models"
-    config = ModelConfig(
-        batching=BatchingConfig(max_batch_size=64, max_queue_delay_ms=1500), warmup=False
-    )
-    pack(Slow(), (torch.zeros(2, 4),), name="slow", repository=root, version=1, config=config)
-    return root
 
 
 def inflight(url: str) -> float:
