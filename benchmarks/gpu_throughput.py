@@ -150,24 +150,13 @@ def section_inprocess(repo: Path, seconds: float, runs: int, *, quick: bool = Fa
 
     if quick:  # only the compiled ceiling
         return _compiled(repo, batch, step, seconds, runs)
-    eager = load(repo, cuda_graphs=False, compile="off", instances=1)
-    for rows in (1, SERVER_BATCH):
-        note(
-            "in-process",
-            f"eager bf16 batch {rows}",
-            rate(step(eager, rows), seconds, runs),
-            "img/s",
-        )
-    eager.unload()
-    graphs = load(repo, compile="off", instances=1)
-    for rows in (1, SERVER_BATCH):
-        note(
-            "in-process",
-            f"CUDA graph batch {rows}",
-            rate(step(graphs, rows), seconds, runs),
-            "img/s",
-        )
-    graphs.unload()
+    uncompiled = {"eager bf16": False, "CUDA graph": True}
+    for label, graphs in uncompiled.items():
+        executor = load(repo, cuda_graphs=graphs, compile="off", instances=1)
+        for rows in (1, SERVER_BATCH):
+            figure = rate(step(executor, rows), seconds, runs)
+            note("in-process", f"{label} batch {rows}", figure, "img/s")
+        executor.unload()
     return _compiled(repo, batch, step, seconds, runs)
 
 
