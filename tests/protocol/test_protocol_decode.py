@@ -15,6 +15,7 @@ import torch
 
 from torchrig.errors import InvalidInput, PayloadTooLarge
 from torchrig.protocol import BytesTensor, RequestedOutput, decode_infer_request
+from torchrig.protocol.body import BodyBuffer
 
 LIMIT = 1 << 20
 
@@ -26,7 +27,7 @@ def binary_body(
     return header + b"".join(blobs), len(header)
 
 
-def decode(body: bytes, header_length: int | None = None, **kwargs: Any) -> Any:
+def decode(body: bytes | memoryview, header_length: int | None = None, **kwargs: Any) -> Any:
     return decode_infer_request(body, header_length=header_length, max_body_bytes=LIMIT, **kwargs)
 
 
@@ -108,6 +109,87 @@ def test_binary_inputs_view_one_buffer_without_per_tensor_copies() -> None:
     f, i = decoded.inputs["f"], decoded.inputs["i"]
     # both view one aligned buffer: f's 16 bytes, then i at the next 16-byte boundary
     assert i.data_ptr() - f.data_ptr() == 16
+
+
+def in_body_buffer(body: bytes, header_length: int | None) -> memoryview:
+    """The body as the server holds it: written chunk by chunk into a BodyBuffer."""
+    into = BodyBuffer(len(body), header_length)
+    for start in range(0, len(body), 7):  # odd-sized chunks, as the network delivers them
+        into.write(body[start : start + 7])
+    return into.body()
+
+
+def body_range(view: memoryview) -> tuple[int, int]:
+    start = np.frombuffer(view, dtype=np.uint8).ctypes.data
+    return start, start + len(view)
+
+
+def test_a_body_buffer_is_viewed_in_place_where_tensors_are_aligned() -> None:
+    frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    dense = np.arange(13, dtype=np.float32).reshape(1, 13)  # 52 bytes: what follows is skewed
+    sparse = np.arange(26, dtype=np.int64).reshape(1, 26)
+    blobs = [frames.tobytes(), dense.tobytes(), sparse.tobytes()]
+    inputs = [
+        {
+            "name": n,
+            "datatype": d,
+            "shape": list(a.shape),
+            "parameters": {"binary_data_size": a.nbytes},
+        }
+        for n, d, a in (
+            ("frames", "UINT8", frames),
+            ("dense", "FP32", dense),
+            ("sparse", "INT64", sparse),
+        )
+    ]
+    body, header_length = binary_body(inputs, blobs)
+    view = in_body_buffer(body, header_length)
+    low, high = body_range(view)
+    decoded = decode(view, header_length)
+    got = decoded.inputs
+    assert got["frames"].numpy().tolist() == frames.tolist()
+    assert got["dense"].numpy().tolist() == dense.tolist()
+    assert got["sparse"].numpy().tolist() == sparse.tolist()
+    # the first binary input starts aligned by construction and is the body's own bytes
+    assert low <= got["frames"].data_ptr() < high
+    assert got["frames"].data_ptr() % 16 == 0
+    # 96 + 52 bytes in, sparse is misaligned in the body: it was copied out, aligned
+    assert not low <= got["sparse"].data_ptr() < high
+    assert got["sparse"].data_ptr() % 16 == 0
+    got["frames"].add_(1)  # writable
+
+
+def test_immutable_bytes_are_copied_once_even_when_aligned() -> None:
+    frames = np.arange(48, dtype=np.uint8)
+    inputs = [
+        {"name": "f", "datatype": "UINT8", "shape": [48], "parameters": {"binary_data_size": 48}}
+    ]
+    body, header_length = binary_body(inputs, [frames.tobytes()])
+    tensor = decode(body, header_length).inputs["f"]
+    tensor.add_(1)  # torch cannot write into bytes: a copy it owns
+    assert body[header_length:] == frames.tobytes()
+
+
+@pytest.mark.parametrize("header_length", [None, 0, 1, 15, 16, 17, 333])
+def test_body_buffer_places_the_first_binary_byte_aligned(header_length: int | None) -> None:
+    size = 400
+    into = BodyBuffer(size, header_length)
+    into.write(bytes(range(256)) + bytes(144))
+    view = into.body()
+    low, _ = body_range(view)
+    assert (low + (header_length or 0)) % 16 == 0
+    assert bytes(view[:256]) == bytes(range(256))
+
+
+def test_body_buffer_refuses_more_or_fewer_bytes_than_declared() -> None:
+    into = BodyBuffer(10, None)
+    into.write(b"12345")
+    with pytest.raises(InvalidInput, match="has 5 bytes but its Content-Length is 10"):
+        into.body()
+    with pytest.raises(InvalidInput, match="longer than its Content-Length of 10"):
+        into.write(b"123456")
+    into.write(b"67890")
+    assert bytes(into.body()) == b"1234567890"
 
 
 def test_mixed_binary_and_json_inputs_keep_request_order() -> None:

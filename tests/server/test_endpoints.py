@@ -238,3 +238,49 @@ def test_shutting_down_turns_readiness_off_and_refuses_new_work(demo_repo: Path)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
         assert httpx.get(f"{url}/v2/health/live").status_code == 200
+
+
+def _classifier_binary(rows: int) -> tuple[torch.Tensor, bytes, int]:
+    images = torch.randn(rows, 3, 64, 64, generator=torch.Generator().manual_seed(rows))
+    raw = images.numpy().tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": list(images.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return images, header + raw, len(header)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_large_binary_bodies_decode_the_same_however_they_are_framed(
+    server: tuple[str, Any], demo_repo: Path, framing: str
+) -> None:
+    # 16 images of 3x64x64 FP32: 786 KB, many network reads. With a Content-Length the
+    # server writes them into one aligned buffer the tensor views; chunked, it joins them.
+    url, _ = server
+    images, body, header_length = _classifier_binary(16)
+    directory = demo_repo / "classifier" / "1"
+    program = load_program(directory, read_manifest(directory))
+    with torch.inference_mode():
+        expected = program({"image": images})["logits"]
+    content: Any = body
+    if framing == "chunked":
+        content = iter([body[i : i + 10_000] for i in range(0, len(body), 10_000)])
+    response = httpx.post(
+        f"{url}/v2/models/classifier/infer",
+        content=content,
+        headers={"inference-header-content-length": str(header_length)},
+    )
+    assert response.status_code == 200, response.text
+    assert ("content-length" in response.request.headers) == (framing == "content-length")
+    json_length = int(response.headers["inference-header-content-length"])
+    logits = torch.frombuffer(bytearray(response.content[json_length:]), dtype=torch.float32)
+    assert torch.allclose(logits.reshape(16, 10), expected, atol=1e-5)

@@ -4,9 +4,49 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
+
 from torchrig.errors import InvalidInput, PayloadTooLarge
 
 Buffer = bytes | bytearray | memoryview
+
+ALIGN = 16  # binary tensors start at a multiple of this, in a body buffer or a copy
+
+
+class BodyBuffer:
+    """A body of a declared size, written chunk by chunk into one writable buffer.
+
+    The buffer is placed so that the byte after the JSON header (where the first binary
+    tensor starts) is `ALIGN`-aligned: the decoder then views binary tensors in place
+    instead of joining the chunks and copying the tensors out again (two copies of every
+    byte saved; it matters at a megabyte of frames per request).
+    """
+
+    def __init__(self, size: int, header_length: int | None) -> None:
+        self.size = size
+        self._array = np.empty(size + ALIGN, dtype=np.uint8)
+        skew = (self._array.ctypes.data + (header_length or 0)) % ALIGN
+        self._start = (ALIGN - skew) % ALIGN
+        self._view = memoryview(self._array)[self._start : self._start + size]  # type: ignore[arg-type]
+        self.written = 0
+
+    def write(self, chunk: Buffer) -> None:
+        end = self.written + len(chunk)
+        if end > self.size:
+            raise InvalidInput(
+                f"the request body is longer than its Content-Length of {self.size} bytes"
+            )
+        self._view[self.written : end] = chunk
+        self.written = end
+
+    def body(self) -> memoryview:
+        """The whole body; a short one is refused (the client must send what it declared)."""
+        if self.written != self.size:
+            raise InvalidInput(
+                f"the request body has {self.written} bytes but its Content-Length is "
+                f"{self.size}; send exactly as many bytes as declared"
+            )
+        return self._view
 
 
 def _looks_like_zlib(body: Buffer) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 
 from torchrig.errors import InvalidInput
 from torchrig.packaging.manifest import TensorSpec
+from torchrig.protocol.body import ALIGN as _ALIGN
 from torchrig.protocol.body import Buffer, decompress_body
 from torchrig.protocol.tensors import (
     DATATYPES,
@@ -21,8 +22,6 @@ from torchrig.protocol.tensors import (
     json_tensor,
 )
 from torchrig.protocol.types import DecodedRequest, RequestedOutput
-
-_ALIGN = 16  # each binary tensor starts at a multiple of this in the decoded buffer
 
 
 class _WireInput(msgspec.Struct):
@@ -74,10 +73,11 @@ def decode_infer_request(
     """Decode an infer request body into named tensors; every defect is an `InvalidInput`.
 
     `header_length` is the Inference-Header-Content-Length header (None: the body is all
-    JSON). Binary tensors are copied once, out of the body into one aligned buffer that
-    the tensors view; JSON data is converted through numpy. BYTES inputs become
-    `BytesTensor`s. The datatypes named in the request are the truth: `specs` is accepted
-    for the server's convenience but signature checks are the server's job.
+    JSON). Binary tensors view a writable body (`BodyBuffer`) where they are aligned in
+    it, and are otherwise copied once into one aligned buffer that the tensors view; JSON
+    data is converted through numpy. BYTES inputs become `BytesTensor`s. The datatypes
+    named in the request are the truth: `specs` is accepted for the server's convenience
+    but signature checks are the server's job.
     """
     del specs  # the request's datatypes decide; the server validates against the signature
     data = decompress_body(body, content_encoding, max_body_bytes)
@@ -232,23 +232,31 @@ def _check_binary_size(name: str, datatype: str, shape: list[int], count: int, s
 
 
 def _materialize(data: Buffer, binaries: list[_Binary], values: list[Any]) -> None:
-    """Copy the fixed-size binary inputs once into one aligned, writable buffer and view it.
+    """Make the fixed-size binary inputs into tensors, copying only where needed.
 
-    A body from the network is immutable `bytes`, and torch wants a writable buffer; the
-    copy also aligns every tensor, which a packed body does not (FP32 then INT64).
+    A body the server read into a writable, aligned buffer (`BodyBuffer`, as the server
+    does) is viewed in place: a tensor whose bytes start at a multiple of
+    `_ALIGN` there costs no copy. Otherwise (immutable `bytes`, which torch cannot view
+    writable, or a start that a packed body leaves unaligned, e.g. INT64 after FP32) the
+    input is copied once into one aligned buffer that the tensors view.
     """
+    source = np.frombuffer(data, dtype=np.uint8)
+    in_place = source.flags.writeable
+    address = source.ctypes.data
     total = 0
     for binary in binaries:
-        if binary.datatype != "BYTES":
-            binary.target = total
-            total += -(-binary.size // _ALIGN) * _ALIGN
+        if binary.datatype == "BYTES":
+            continue
+        if in_place and (address + binary.start) % _ALIGN == 0:
+            binary.target = -1  # viewed where it is
+            continue
+        binary.target = total
+        total += -(-binary.size // _ALIGN) * _ALIGN
     buffer = np.empty(total, dtype=np.uint8)  # numpy aligns data to at least 16 bytes
-    if total:
-        source = np.frombuffer(data, dtype=np.uint8)
-        for binary in binaries:
-            if binary.datatype != "BYTES":
-                end = binary.target + binary.size
-                buffer[binary.target : end] = source[binary.start : binary.start + binary.size]
+    for binary in binaries:
+        if binary.datatype != "BYTES" and binary.target >= 0:
+            end = binary.target + binary.size
+            buffer[binary.target : end] = source[binary.start : binary.start + binary.size]
     for binary in binaries:
         if binary.datatype == "BYTES":
             values[binary.index] = binary_bytes_tensor(
@@ -258,6 +266,10 @@ def _materialize(data: Buffer, binaries: list[_Binary], values: list[Any]) -> No
                 size=binary.size,
                 shape=binary.shape,
                 count=binary.count,
+            )
+        elif binary.target < 0:
+            values[binary.index] = binary_tensor(
+                source, binary.start, binary.datatype, binary.shape, binary.count
             )
         else:
             values[binary.index] = binary_tensor(

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchrig import __version__
 from torchrig.errors import InvalidInput, PayloadTooLarge, QueueFull, TorchrigError, Unauthorized
@@ -28,6 +28,9 @@ from torchrig.runtime import ModelRegistry
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
 from torchrig.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from torchrig.protocol.body import Buffer
 
 log = logging.getLogger("torchrig.server")
 
@@ -221,7 +224,7 @@ class V2App:
         self, params: dict[str, str], scope: Scope, receive: Receive
     ) -> tuple[int, bytes, dict[str, str]]:
         body = await self._read_body(_headers(scope), receive)
-        return 200, await self.management.index(body), {}
+        return 200, await self.management.index(bytes(body)), {}
 
     async def _load(
         self, params: dict[str, str], scope: Scope, receive: Receive
@@ -356,8 +359,14 @@ class V2App:
                 )
         return served, request
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> Buffer:
+        """The whole body, bounded by --max-body-mb. With a Content-Length and no
+        Content-Encoding it is written straight into one aligned, writable buffer that the
+        decoded tensors view (`BodyBuffer`); otherwise the chunks are joined."""
+        from torchrig.protocol.body import BodyBuffer
+
         declared = headers.get("content-length")
+        into: BodyBuffer | None = None
         if declared is not None:
             try:
                 size = int(declared)
@@ -368,6 +377,8 @@ class V2App:
                     f"request body of {size} bytes exceeds the limit of {self.max_body} bytes "
                     "(serve --max-body-mb)"
                 )
+            if size >= 0 and headers.get("content-encoding", "identity") == "identity":
+                into = BodyBuffer(size, _header_length(headers))
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -380,10 +391,24 @@ class V2App:
                 raise PayloadTooLarge(
                     f"request body exceeds the limit of {self.max_body} bytes (serve --max-body-mb)"
                 )
-            chunks.append(chunk)
+            if into is not None:
+                into.write(chunk)
+            else:
+                chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        if into is not None:
+            return into.body()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _header_length(headers: dict[str, str]) -> int | None:
+    """Inference-Header-Content-Length when it is a usable integer (the decoder reports a
+    bad one; here it only places the body buffer)."""
+    length = headers.get("inference-header-content-length")
+    if length is None or not length.isdigit():
+        return None
+    return int(length)
 
 
 async def _unless_disconnected(
