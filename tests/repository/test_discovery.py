@@ -121,6 +121,8 @@ def test_version_policies(repo: Path, config: str, expected: list[int]) -> None:
         ("[batching]\nmax_batch_size = 0\n", "max_batch_size must be >= 1"),
         ('device = "gpu"\n', "device 'gpu'"),
         ('instances = "two"\n', "$.instances"),
+        ("threads = 0\n", "threads must be >= 1"),
+        ("thread = 2\n", "Known keys: "),
         ('[version_policy]\npolicy = "specific"\n', "must list versions"),
         ("[batching]\npreferred_batch_sizes = [128]\n", "preferred_batch_sizes [128]"),
         ("[batching\n", "not valid TOML"),

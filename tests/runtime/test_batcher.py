@@ -213,3 +213,32 @@ def test_observer_sees_each_batch_and_its_faults_are_swallowed(
     assert all(0.0 <= wait < 30.0 for wait in second.queue_waits_s)
     assert all(r.compute_s >= 0.0 for r in records)
     assert all(wait > 0.0 for wait in second.queue_waits_s)  # they waited for the first batch
+
+
+class ThreadCounter:
+    """Answers each batch with the torch CPU thread count of the thread that ran it."""
+
+    def infer(self, inputs: Any) -> dict[str, Any]:
+        count = torch.get_num_threads()
+        return {"threads": torch.full((inputs["x"].shape[0], 1), count)}
+
+
+def test_each_worker_runs_batches_on_its_own_thread_count() -> None:
+    # torch makes a set_num_threads the default of threads started later, so a worker told
+    # 1 (a CUDA model's) must not leave the next model's workers with 1: each sets its own.
+    before = torch.get_num_threads()
+    one = Batcher(ThreadCounter(), BatchingConfig(max_batch_size=4), threads=1)
+    two = Batcher(ThreadCounter(), BatchingConfig(max_batch_size=4), instances=2, threads=2)
+
+    async def main() -> list[int]:
+        answers = [await one.infer(rows(0, 1), rows=1)]
+        answers += await asyncio.gather(*(two.infer(rows(0, 1), rows=1) for _ in range(8)))
+        return [int(answer["threads"].item()) for answer in answers]
+
+    try:
+        counts = asyncio.run(main())
+    finally:
+        one.close()
+        two.close()
+    assert counts == [1] + [2] * 8
+    assert torch.get_num_threads() == before  # the calling thread keeps its own

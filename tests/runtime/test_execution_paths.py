@@ -19,7 +19,8 @@ from torchrig.packaging import pack, read_manifest
 from torchrig.packaging.manifest import TensorSpec
 from torchrig.repository.config import BatchingConfig, ModelConfig
 from torchrig.runtime.cuda_lanes import bucket_for, graphable
-from torchrig.runtime.executor import Executor
+from torchrig.runtime.executor import Executor, gather
+from torchrig.runtime.threads import process_intra_op_threads
 
 
 class Scorer(nn.Module):  # type: ignore[misc]
@@ -130,6 +131,33 @@ def test_the_cpu_path_captures_no_graphs(version_dir: Path) -> None:
     torch.testing.assert_close(runner.infer(inputs(7))["scores"], expected(7))
 
 
+def test_cpu_batches_use_the_process_thread_count_unless_configured(version_dir: Path) -> None:
+    runner = executor(version_dir, device="cpu")
+    runner.load()
+    assert runner.intra_op_threads == process_intra_op_threads()
+    pinned = executor(version_dir, device="cpu", threads=1)
+    pinned.load()
+    assert pinned.intra_op_threads == 1
+
+
+def test_several_requests_join_into_fresh_memory_and_answer_as_one_batch(
+    version_dir: Path,
+) -> None:
+    parts = [inputs(rows, seed=rows) for rows in (1, 5, 2)]
+    joined = gather(parts, pin=False)
+    for name in ("dense", "ids"):
+        assert torch.equal(joined[name], torch.cat([part[name] for part in parts]))
+        assert joined[name].dtype == parts[0][name].dtype
+        joined[name][0].zero_()  # fresh memory: the requests' own tensors are untouched
+        assert parts[0][name].abs().sum() > 0
+    runner = executor(version_dir, device="cpu")
+    runner.load()
+    parts = [inputs(rows, seed=rows) for rows in (1, 5, 2)]
+    got = runner.infer_parts(parts)["scores"]
+    want = torch.cat([expected(rows, seed=rows) for rows in (1, 5, 2)])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -168,3 +196,17 @@ def test_graphs_can_be_turned_off(version_dir: Path) -> None:
     runner.load()
     assert runner.graph_sizes == []
     torch.testing.assert_close(runner.infer(inputs(6))["scores"], expected(6), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_requests_join_in_pinned_memory_for_the_lane(version_dir: Path) -> None:
+    parts = [inputs(rows, seed=rows) for rows in (3, 1, 4)]
+    joined = gather(parts, pin=True)
+    assert all(tensor.is_pinned() for tensor in joined.values())
+    runner = executor(version_dir, device="cuda", instances=2)
+    runner.load()
+    assert runner.intra_op_threads == 1  # the host side only joins and copies
+    got = runner.infer_parts(parts)["scores"]
+    want = torch.cat([expected(rows, seed=rows) for rows in (3, 1, 4)])
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)

@@ -47,6 +47,9 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     dtype: Literal["fp32", "fp16", "bf16"] | None = None  # None: as exported
     channels_last: bool | None = None  # None: on for 4-D float inputs on CUDA
     instances: int = 1  # executor workers (threads) for this model
+    # torch CPU threads each instance's batches use; None: 1 on CUDA (the host only joins
+    # and copies batches), the process's torch thread count on CPU
+    threads: int | None = None
     warmup: bool = True  # run every preferred batch size once before ready
     # On CUDA: capture a CUDA graph per warm-up batch size for each instance; a batch runs
     # in the smallest graph that holds it (padded). A capture failure falls back to eager.
@@ -79,6 +82,8 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
         problems.append(f'device {config.device!r} must be "auto", "cpu", "cuda" or "cuda:N"')
     if config.instances < 1:
         problems.append("instances must be >= 1")
+    if config.threads is not None and config.threads < 1:
+        problems.append("threads must be >= 1 (or left out for the default)")
     if config.memory_budget is not None:
         try:
             parse_memory_budget(config.memory_budget)
@@ -109,7 +114,7 @@ def parse_config(text: str, *, origin: str = CONFIG_FILE) -> ModelConfig:
             hint = (
                 " Known keys: batching.{max_batch_size, max_queue_delay_ms, "
                 "preferred_batch_sizes, max_queue_size}, device, dtype, channels_last, "
-                "instances, warmup, cuda_graphs, compile, memory_budget, "
+                "instances, threads, warmup, cuda_graphs, compile, memory_budget, "
                 "version_policy.{policy, latest, versions}."
             )
         raise RepositoryError(f"{origin}: {message}.{hint}") from None

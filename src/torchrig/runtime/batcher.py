@@ -38,6 +38,7 @@ from torchrig.errors import (
 )
 from torchrig.repository.config import BatchingConfig
 from torchrig.runtime.faults import free_cached_memory, is_out_of_memory, poisons_device
+from torchrig.runtime.threads import use_intra_op_threads
 
 Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
 
@@ -45,7 +46,9 @@ log = logging.getLogger(__name__)
 
 
 class BatchExecutor(Protocol):
-    """What the batcher drives: one call per batch, inputs and outputs by name."""
+    """What the batcher drives: one call per batch, inputs and outputs by name. An
+    executor may also have `infer_parts(list of per-request inputs)`, which then gets the
+    batches of several requests to join where it wants them (e.g. in pinned memory)."""
 
     def infer(self, inputs: Mapping[str, Any]) -> Tensors: ...
 
@@ -108,6 +111,7 @@ class Batcher:
         instances: int = 1,
         batching: bool = True,
         name: str = "model",
+        threads: int | None = None,
         observer: BatchObserver | None = None,
         on_device_fault: DeviceFaultHandler | None = None,
     ) -> None:
@@ -119,6 +123,7 @@ class Batcher:
         self.max_queue_size = config.max_queue_size
         self.batching = batching
         self.name = name
+        self.threads = threads  # torch intra-op threads per worker (None: as inherited)
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
         self._cond = threading.Condition()
@@ -253,6 +258,8 @@ class Batcher:
         return False
 
     def _work(self) -> None:
+        if self.threads is not None:
+            use_intra_op_threads(self.threads)
         while True:
             batch = self._take_batch()
             if batch is None:
@@ -278,7 +285,7 @@ class Batcher:
             except Exception as exc:
                 return self._failed(batch, exc)
         try:
-            outputs = self.executor.infer(_concat([r.inputs for r in batch]))
+            outputs = self._infer_parts([r.inputs for r in batch])
         except Exception as exc:
             if not is_out_of_memory(exc):
                 return self._failed(batch, exc)
@@ -292,6 +299,14 @@ class Batcher:
             outcomes.append((request, {k: v[offset:end] for k, v in outputs.items()}, None))
             offset = end
         return outcomes
+
+    def _infer_parts(self, parts: list[Mapping[str, Any]]) -> Tensors:
+        """Several requests' inputs as one batch: joined by the executor if it can place
+        the batch better (`infer_parts`), else concatenated here."""
+        infer_parts = getattr(self.executor, "infer_parts", None)
+        if infer_parts is not None:
+            return infer_parts(parts)  # type: ignore[no-any-return]
+        return self.executor.infer(_concat(parts))
 
     def _infer_rows(self, inputs: Mapping[str, Any], rows: int) -> Tensors:
         """One request's inputs; out of memory splits its rows in halves (raises the OOM

@@ -139,6 +139,7 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         instances=served.config.instances,
         batching=manifest.batching if manifest is not None else True,
         name=f"{version.model}/{version.version}",
+        threads=executor.intra_op_threads,
         observer=observer,
         on_device_fault=ctx.on_device_fault,
     )

@@ -7,6 +7,14 @@ them: a batch on a worker thread ran 2.5x slower on a 2-core box while a thread 
 idle thread still held the team it made for a warm-up (`benchmarks/worker_thread.py`).
 So loading and warming up run in a thread of their own that exits afterwards, and only
 the batcher's workers keep teams.
+
+Each worker also sets its own intra-op thread count (`use_intra_op_threads`): one for a
+CUDA model, whose host side only joins and copies batches, so that no idle team spins on
+cores the event loop needs (a 2-thread team's spinning thread took 70 % of a core in a
+server moving 1.2 MB frame requests, `benchmarks/serve_frames.py`); the process's count
+for a CPU model. torch keeps one process-wide default that a thread takes the first time
+it runs torch code, and `torch.set_num_threads` in any thread changes that default too,
+so every worker sets its count explicitly rather than inheriting whatever was set last.
 """
 
 from __future__ import annotations
@@ -17,6 +25,30 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+_process_threads: list[int] = []  # read once
+_process_threads_lock = threading.Lock()
+
+
+def process_intra_op_threads() -> int:
+    """torch's intra-op thread count for the process (OMP_NUM_THREADS, else torch's own
+    default), read once, before any worker sets its own."""
+    with _process_threads_lock:
+        if not _process_threads:
+            import torch
+
+            _process_threads.append(int(torch.get_num_threads()))
+        return _process_threads[0]
+
+
+def use_intra_op_threads(count: int) -> None:
+    """Make this thread's torch CPU kernels use `count` threads (call it first thing in a
+    worker thread)."""
+    import torch
+
+    process_intra_op_threads()  # read the process's count before changing it
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 async def in_own_thread(function: Callable[[], T], *, name: str = "torchrig-load") -> T:
