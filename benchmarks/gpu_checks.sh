@@ -5,12 +5,12 @@
 # a failing step is reported and the next one runs. Output lands in $OUT (default ./out).
 #
 # Run from the repository root: `bash benchmarks/gpu_checks.sh [steps]`, steps a comma list
-# of tests,throughput,cpu_runtime,doctor,verify,torchvision (default: all). torchrig must be importable
+# of tests,throughput,cpu_runtime,frames,doctor,verify,torchvision (default: all). torchrig must be importable
 # (`pip install -e .`, or PYTHONPATH=src with its dependencies installed).
 set -uo pipefail
 OUT="${OUT:-./out}"
 mkdir -p "$OUT"
-STEPS="${1:-tests,throughput,cpu_runtime,doctor,verify,torchvision}"
+STEPS="${1:-tests,throughput,cpu_runtime,frames,doctor,verify,torchvision}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 
@@ -34,6 +34,8 @@ step throughput "${THROUGHPUT_LIMIT_S:-420}" "$PY" benchmarks/gpu_throughput.py 
 # the CPU runtime ratio of the demo ranker with more cores than a laptop CI box has
 step cpu_runtime 120 bash -c "$PY benchmarks/runtime_ranker.py --seconds 2 --runs 3 \
 && $PY benchmarks/runtime_ranker.py --seconds 2 --runs 3 --threads 4"
+# the server's own CPU per 1.2 MB frame request, on the GPU machine's cores
+step frames 120 "$PY" benchmarks/serve_frames.py --rounds 3 --duration 4 --processes 4 -c 64
 step doctor 120 "$PY" -m torchrig doctor --deep --probe-timeout-s 90
 step verify 120 bash -c "rm -rf /tmp/demo-repo && $PY -c 'from pathlib import Path; \
 from torchrig.demo import build_demo_repository; build_demo_repository(Path(\"/tmp/demo-repo\"))' \
