@@ -2,8 +2,10 @@
 
 Baseline: the packed program called directly at the batch size the runtime forms (same
 process, same session). Runtime: `ModelRegistry.infer` driven by N concurrent asyncio
-callers, each sending requests of R rows, for D seconds. Median of several runs; the
-ratio is runtime / direct at the runtime's max_batch_size (target >= 0.9 at saturation).
+callers, each sending requests of R rows, for D seconds. Each runtime run is paired with
+a direct run just before it, so that both see the same machine (a shared VM drifts by
+tens of percent over a minute); the ratio is the median of the pairs' runtime / direct at
+the runtime's max_batch_size (target >= 0.9 at saturation).
 
 Run: `python benchmarks/runtime_ranker.py [--seconds 2] [--runs 3] [--device cpu]`
 """
@@ -85,7 +87,13 @@ async def runtime_rows_per_s(
     return sum(counted) / elapsed, mean_batch
 
 
-async def measure(args: argparse.Namespace, repo: Path) -> None:
+async def one_pair(
+    args: argparse.Namespace, repo: Path, rows: int, callers: int
+) -> tuple[float, float, float, int]:
+    """One direct run and one runtime run back to back, on a registry of their own:
+    (direct rows/s, runtime rows/s, mean batch, max_batch_size). Closing the registry
+    ends its workers, whose idle OpenMP teams would otherwise slow the next direct run
+    (libgomp stops spinning when more threads than cores exist, see runtime/threads.py)."""
     registry = ModelRegistry(Repository(repo), device=args.device)
     await registry.load("ranker")
     served = registry.resolve("ranker")
@@ -93,29 +101,40 @@ async def measure(args: argparse.Namespace, repo: Path) -> None:
     max_batch = served.batcher.max_batch_size
     manifest = read_manifest(repo / "ranker" / "1")
     program = load_program(repo / "ranker" / "1", manifest, device=args.device)
-    direct = statistics.median(
-        in_thread(lambda: direct_rows_per_s(program, max_batch, args.seconds))
-        for _ in range(args.runs)
-    )
+    direct = in_thread(lambda: direct_rows_per_s(program, max_batch, args.seconds))
+    rate, batch = await runtime_rows_per_s(registry, rows, callers, args.seconds)
+    await registry.close()
+    return direct, rate, batch, max_batch
+
+
+async def measure(args: argparse.Namespace, repo: Path) -> None:
+    levels = ((1, 256), (8, 64), (32, 16), (64, 8))
+    pairs = {
+        level: [await one_pair(args, repo, *level) for _ in range(args.runs)] for level in levels
+    }
+    max_batch = pairs[levels[0]][0][3]
+    direct_all = [pair[0] for runs in pairs.values() for pair in runs]
     print(
         f"device {args.device}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-        f"instances {served.config.instances}; max_batch_size {max_batch}; "
-        f"{args.runs} runs of {args.seconds:g} s, median"
+        f"max_batch_size {max_batch}; {args.runs} pairs of {args.seconds:g} s runs per level "
+        "(direct, then runtime, each pair on a fresh registry), median"
     )
-    print(f"direct program call, batch {max_batch}: {direct:,.0f} rows/s")
+    print(
+        f"direct program call, batch {max_batch}: {statistics.median(direct_all):,.0f} rows/s "
+        f"(min {min(direct_all):,.0f}, max {max(direct_all):,.0f} over the pairs)"
+    )
     print(
         f"{'rows/request':>12} {'callers':>8} {'runtime rows/s':>15} {'mean batch':>11} "
-        f"{'vs direct':>10}"
+        f"{'vs direct':>10}  per pair"
     )
-    for rows, callers in ((1, 256), (8, 64), (32, 16), (64, 8)):
-        figures = [
-            await runtime_rows_per_s(registry, rows, callers, args.seconds)
-            for _ in range(args.runs)
-        ]
-        rate = statistics.median(f[0] for f in figures)
-        batch = statistics.median(f[1] for f in figures)
-        print(f"{rows:>12} {callers:>8} {rate:>15,.0f} {batch:>11.1f} {rate / direct:>9.2f}x")
-    await registry.close()
+    for (rows, callers), runs in pairs.items():
+        rate = statistics.median(r[1] for r in runs)
+        batch = statistics.median(r[2] for r in runs)
+        ratios = [r[1] / r[0] for r in runs]
+        print(
+            f"{rows:>12} {callers:>8} {rate:>15,.0f} {batch:>11.1f} "
+            f"{statistics.median(ratios):>9.2f}x  {' '.join(f'{x:.2f}' for x in ratios)}"
+        )
 
 
 def main() -> None:
