@@ -18,8 +18,9 @@ from torch import nn
 from torchrig.packaging import pack, read_manifest
 from torchrig.packaging.manifest import TensorSpec
 from torchrig.repository.config import BatchingConfig, ModelConfig
+from torchrig.runtime.batcher import concat_rows
 from torchrig.runtime.cuda_lanes import bucket_for, graphable
-from torchrig.runtime.executor import Executor, gather
+from torchrig.runtime.executor import Executor
 from torchrig.runtime.threads import process_intra_op_threads
 
 
@@ -144,7 +145,7 @@ def test_several_requests_join_into_fresh_memory_and_answer_as_one_batch(
     version_dir: Path,
 ) -> None:
     parts = [inputs(rows, seed=rows) for rows in (1, 5, 2)]
-    joined = gather(parts, pin=False)
+    joined = concat_rows(parts, pin=False)
     for name in ("dense", "ids"):
         assert torch.equal(joined[name], torch.cat([part[name] for part in parts]))
         assert joined[name].dtype == parts[0][name].dtype
@@ -152,8 +153,9 @@ def test_several_requests_join_into_fresh_memory_and_answer_as_one_batch(
         assert parts[0][name].abs().sum() > 0
     runner = executor(version_dir, device="cpu")
     runner.load()
+    assert not runner.wants_pinned_batches
     parts = [inputs(rows, seed=rows) for rows in (1, 5, 2)]
-    got = runner.infer_parts(parts)["scores"]
+    got = runner.infer(concat_rows(parts))["scores"]
     want = torch.cat([expected(rows, seed=rows) for rows in (1, 5, 2)])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -202,11 +204,12 @@ def test_graphs_can_be_turned_off(version_dir: Path) -> None:
 @needs_cuda
 def test_requests_join_in_pinned_memory_for_the_lane(version_dir: Path) -> None:
     parts = [inputs(rows, seed=rows) for rows in (3, 1, 4)]
-    joined = gather(parts, pin=True)
+    joined = concat_rows(parts, pin=True)
     assert all(tensor.is_pinned() for tensor in joined.values())
     runner = executor(version_dir, device="cuda", instances=2)
     runner.load()
     assert runner.intra_op_threads == 1  # the host side only joins and copies
-    got = runner.infer_parts(parts)["scores"]
+    assert runner.wants_pinned_batches
+    got = runner.infer(joined)["scores"]
     want = torch.cat([expected(rows, seed=rows) for rows in (3, 1, 4)])
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)

@@ -46,9 +46,7 @@ log = logging.getLogger(__name__)
 
 
 class BatchExecutor(Protocol):
-    """What the batcher drives: one call per batch, inputs and outputs by name. An
-    executor may also have `infer_parts(list of per-request inputs)`, which then gets the
-    batches of several requests to join where it wants them (e.g. in pinned memory)."""
+    """What the batcher drives: one call per batch, inputs and outputs by name."""
 
     def infer(self, inputs: Mapping[str, Any]) -> Tensors: ...
 
@@ -112,6 +110,7 @@ class Batcher:
         batching: bool = True,
         name: str = "model",
         threads: int | None = None,
+        pin_batches: bool = False,
         observer: BatchObserver | None = None,
         on_device_fault: DeviceFaultHandler | None = None,
     ) -> None:
@@ -124,6 +123,9 @@ class Batcher:
         self.batching = batching
         self.name = name
         self.threads = threads  # torch intra-op threads per worker (None: as inherited)
+        # join a batch's requests in pinned host memory (for a CUDA executor, which then
+        # copies it to the device without staging it again)
+        self.pin_batches = pin_batches
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
         self._cond = threading.Condition()
@@ -285,7 +287,9 @@ class Batcher:
             except Exception as exc:
                 return self._failed(batch, exc)
         try:
-            outputs = self._infer_parts([r.inputs for r in batch])
+            outputs = self.executor.infer(
+                concat_rows([r.inputs for r in batch], pin=self.pin_batches)
+            )
         except Exception as exc:
             if not is_out_of_memory(exc):
                 return self._failed(batch, exc)
@@ -300,14 +304,6 @@ class Batcher:
             offset = end
         return outcomes
 
-    def _infer_parts(self, parts: list[Mapping[str, Any]]) -> Tensors:
-        """Several requests' inputs as one batch: joined by the executor if it can place
-        the batch better (`infer_parts`), else concatenated here."""
-        infer_parts = getattr(self.executor, "infer_parts", None)
-        if infer_parts is not None:
-            return infer_parts(parts)  # type: ignore[no-any-return]
-        return self.executor.infer(_concat(parts))
-
     def _infer_rows(self, inputs: Mapping[str, Any], rows: int) -> Tensors:
         """One request's inputs; out of memory splits its rows in halves (raises the OOM
         of a single row, or of a model without a batch dimension)."""
@@ -320,7 +316,7 @@ class Batcher:
         half = rows // 2
         first = self._infer_rows({k: v[:half] for k, v in inputs.items()}, half)
         second = self._infer_rows({k: v[half:] for k, v in inputs.items()}, rows - half)
-        return _concat([first, second])
+        return concat_rows([first, second])
 
     def _out_of_memory(self, rows: int, requests: int) -> None:
         free_cached_memory()
@@ -409,10 +405,19 @@ def _half_by_rows(batch: list[_Request]) -> int:
     return len(batch) - 1
 
 
-def _concat(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
+def concat_rows(parts: list[Mapping[str, Any]], *, pin: bool = False) -> dict[str, Any]:
+    """Concatenate tensors by name along the batch dimension into fresh tensors, in pinned
+    (page-locked) host memory when `pin`, ready for an asynchronous device copy."""
     import torch
 
-    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+    joined: dict[str, Any] = {}
+    for name in parts[0]:
+        tensors = [part[name] for part in parts]
+        first = tensors[0]
+        rows = sum(int(tensor.shape[0]) for tensor in tensors)
+        out = torch.empty((rows, *first.shape[1:]), dtype=first.dtype, pin_memory=pin)
+        joined[name] = torch.cat(tensors, out=out)
+    return joined
 
 
 def _apply(outcomes: list[Outcome]) -> None:

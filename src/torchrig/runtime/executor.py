@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,12 @@ class Executor:
         return process_intra_op_threads()
 
     @property
+    def wants_pinned_batches(self) -> bool:
+        """True on CUDA: a batch joined in pinned host memory goes to the device without
+        being staged again, one host copy of every byte instead of two."""
+        return self._lanes is not None
+
+    @property
     def program(self) -> Any:
         """The loaded program (None before `load()` and after `unload()`)."""
         return self._program
@@ -293,12 +299,6 @@ class Executor:
             for s in self.manifest.inputs
         }
 
-    def infer_parts(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Several requests' inputs as one batch. On CUDA they are joined straight into
-        pinned host memory, which the lane copies to the device without staging them
-        again: one host copy of every byte per batch instead of two."""
-        return self.infer(gather(parts, pin=self._lanes is not None))
-
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         import torch
 
@@ -328,21 +328,6 @@ class Executor:
                 tensor = tensor.to(want)
             result[spec.name] = tensor
         return result
-
-
-def gather(parts: Sequence[Mapping[str, Any]], *, pin: bool) -> dict[str, Any]:
-    """Concatenate per-request inputs along the batch dimension into fresh tensors, in
-    pinned (page-locked) host memory when `pin`, ready for an asynchronous device copy."""
-    import torch
-
-    joined: dict[str, Any] = {}
-    for name in parts[0]:
-        tensors = [part[name] for part in parts]
-        first = tensors[0]
-        rows = sum(int(tensor.shape[0]) for tensor in tensors)
-        out = torch.empty((rows, *first.shape[1:]), dtype=first.dtype, pin_memory=pin)
-        joined[name] = torch.cat(tensors, out=out)
-    return joined
 
 
 def _rows(inputs: Mapping[str, Any]) -> int:

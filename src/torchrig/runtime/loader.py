@@ -140,6 +140,7 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         batching=manifest.batching if manifest is not None else True,
         name=f"{version.model}/{version.version}",
         threads=executor.intra_op_threads,
+        pin_batches=executor.wants_pinned_batches,
         observer=observer,
         on_device_fault=ctx.on_device_fault,
     )
