@@ -360,9 +360,10 @@ class V2App:
         return served, request
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> Buffer:
-        """The whole body, bounded by --max-body-mb. With a Content-Length and no
-        Content-Encoding it is written straight into one aligned, writable buffer that the
-        decoded tensors view (`BodyBuffer`); otherwise the chunks are joined."""
+        """The whole body, bounded by --max-body-mb. With a Content-Length it is written
+        straight into one aligned, writable buffer that the decoded tensors view
+        (`BodyBuffer`; a compressed body is decompressed from it); otherwise the chunks are
+        joined."""
         from torchrig.protocol.body import BodyBuffer
 
         declared = headers.get("content-length")
@@ -377,7 +378,7 @@ class V2App:
                     f"request body of {size} bytes exceeds the limit of {self.max_body} bytes "
                     "(serve --max-body-mb)"
                 )
-            if size >= 0 and headers.get("content-encoding", "identity") == "identity":
+            if size >= 0:
                 into = BodyBuffer(size, _header_length(headers))
         chunks: list[bytes] = []
         total = 0
