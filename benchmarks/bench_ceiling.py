@@ -79,7 +79,7 @@ def serve(fd: int) -> None:
     uvloop.run(main())
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of the processes so far (Linux /proc)."""
     total = 0
     for pid in pids:
@@ -261,9 +261,9 @@ def main() -> None:
         for processes in [int(p) for p in args.load_processes.split(",")]:
             figures, costs, busy = [], [], []
             for _ in range(args.runs):
-                cpu, wall = _cpu_seconds([s.pid for s in servers]), time.monotonic()
+                cpu, wall = cpu_seconds([s.pid for s in servers]), time.monotonic()
                 rate, cost = measure_generator(url, args.concurrency, processes, args.duration)
-                used = _cpu_seconds([s.pid for s in servers]) - cpu
+                used = cpu_seconds([s.pid for s in servers]) - cpu
                 figures.append(rate)
                 costs.append(cost)
                 busy.append(used / (time.monotonic() - wall) / args.server_processes)

@@ -22,17 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
+import gpu_throughput  # the scripts beside this one (this directory is on sys.path)
 import torch
+from bench_ceiling import cpu_seconds
+from serve_compare import free_port, wait_ready
 
 FRAMES = 8
 WARMUP_S = 1.0
@@ -40,7 +41,7 @@ SHAPE = (224, 224, 3)
 HERE = Path(__file__).resolve().parent
 
 
-class Corner(torch.nn.Module):
+class Corner(torch.nn.Module):  # type: ignore[misc]
     """uint8 frames [N, 224, 224, 3] -> the first pixel of each, as float: nearly free."""
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -120,44 +121,11 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 # ---- driving -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], path: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} was not ready in 120 s")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, "-m", "torchrig", "bench", url, "--model", "frames", "--json"]
-    command += ["--binary", "--batch", str(FRAMES), "-c", str(args.concurrency)]
-    command += ["--duration", str(args.duration), "--warmup", str(WARMUP_S)]
-    command += ["--processes", str(args.processes)]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    level = json.loads(done.stdout)["levels"][0]
-    return dict(level)
+    flags = ["--binary", "--batch", str(FRAMES), "-c", str(args.concurrency)]
+    flags += ["--duration", str(args.duration), "--warmup", str(WARMUP_S)]
+    flags += ["--processes", str(args.processes)]
+    return dict(gpu_throughput.bench(url, *flags, model="frames")["levels"][0])
 
 
 def start(kind: str, repo: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -201,10 +169,11 @@ def main() -> None:
                 url = f"http://127.0.0.1:{port}"
                 process = start(kind, repo, port, Path(tmp) / f"{kind}.log")
                 try:
-                    wait_ready(url, process, "/v2/health/ready" if kind == "torchrig" else "/v2")
-                    before = cpu_seconds(process.pid)
+                    ready = "/v2/health/ready" if kind == "torchrig" else "/v2"
+                    wait_ready(process, url + ready, 120)
+                    before = cpu_seconds([process.pid])
                     level = bench(url, args)
-                    used = cpu_seconds(process.pid) - before
+                    used = cpu_seconds([process.pid]) - before
                     served = level["requests_per_s"] * (args.duration + WARMUP_S)
                     level["server_cpu_ms"] = 1000 * used / served if served else float("nan")
                     levels.append(level)
