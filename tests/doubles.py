@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -40,12 +40,21 @@ async def until_async(condition: Any, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.001)
 
 
-def until(condition: Any, what: str = "the condition", timeout_s: float = 30.0) -> None:
-    """Poll a condition from a test thread with a deadline (no sleep standing in for it)."""
+def until(
+    condition: Callable[[], Any],
+    what: str | Callable[[], str] = "the condition",
+    timeout_s: float = 30.0,
+    interval_s: float = 0.005,
+) -> Any:
+    """Poll a condition from a test thread with a deadline (no sleep standing in for it);
+    returns its first truthy value. `what` names it in the failure, or builds that text
+    when the deadline passes (to show a log or the last answer)."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        time.sleep(0.005)
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not in time: {what() if callable(what) else what}")
+        time.sleep(interval_s)
+    return found
 
 
 def rows(start: float, count: int) -> dict[str, Any]:

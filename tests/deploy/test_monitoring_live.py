@@ -19,6 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from doubles import until
 from torchrig.deploy.monitoring import (
     ADAPTER_FILE,
     RULES_FILE,
@@ -154,13 +155,17 @@ class Prometheus:
 
     def until(self, expr: str) -> list[dict[str, Any]]:
         """Poll until `expr` returns data (or fail at the deadline)."""
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
+
+        def data() -> list[dict[str, Any]] | None:
             body = self.query(expr)
-            if body["status"] == "success" and body["data"]["result"]:
-                return body["data"]["result"]  # type: ignore[no-any-return]
-            time.sleep(0.2)
-        raise AssertionError(f"{expr} returned no data in {DEADLINE_S} s: {self.query(expr)}")
+            return body["data"]["result"] if body["status"] == "success" else None
+
+        return until(  # type: ignore[no-any-return]
+            data,
+            lambda: f"{expr} returned no data in {DEADLINE_S} s: {self.query(expr)}",
+            DEADLINE_S,
+            0.2,
+        )
 
     def close(self) -> None:
         self.process.terminate()
@@ -192,15 +197,18 @@ def test_prometheus_scrapes_the_server(prometheus: Prometheus) -> None:
 
 
 def test_the_rules_load_and_evaluate(prometheus: Prometheus) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+    def evaluated_rules() -> list[dict[str, Any]] | None:
         reply = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()
         rules = [rule for g in reply["data"]["groups"] for rule in g["rules"]]
         evaluated = [r for r in rules if not r["lastEvaluation"].startswith("0001-")]
-        if rules and len(evaluated) == len(rules):
-            break
-        assert time.monotonic() < deadline, reply
-        time.sleep(0.2)
+        return rules if rules and len(evaluated) == len(rules) else None
+
+    rules = until(
+        evaluated_rules,
+        lambda: f"every rule evaluated once: {httpx.get(f'{prometheus.url}/api/v1/rules').text}",
+        DEADLINE_S,
+        0.2,
+    )
     assert {r["name"] for r in rules} == {
         r["alert"] for g in alert_rules()["groups"] for r in g["rules"]
     }

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from doubles import until
 from torchrig.server.workers import threads_per_worker
 
 DEADLINE_S = 60.0
@@ -51,13 +51,7 @@ class Server:
 
     def until(self, find: Callable[[], Any], what: str) -> Any:
         """Poll `find()` until it gives something (or fail, with the logs)."""
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            found = find()
-            if found:
-                return found
-            time.sleep(0.02)
-        raise AssertionError(f"no {what} in {DEADLINE_S} s:\n{self.log()}")
+        return until(find, lambda: f"{what} in {DEADLINE_S} s:\n{self.log()}", DEADLINE_S, 0.02)
 
     def url(self) -> str:
         def served() -> str:
