@@ -91,6 +91,25 @@ class InvalidInput(TorchrigError):
     status_code = 400
 
 
+class InputRejected(InvalidInput):
+    """The model raised on this request's inputs while it answered others: the inputs, not
+    the model, are at fault (an index out of range, a value the model refuses)."""
+
+    status_code = 400
+
+
+class HeadersTooLarge(TorchrigError):
+    """A request's header block is larger, or has more fields, than the server allows."""
+
+    status_code = 431
+
+
+class RequestTimeout(TorchrigError):
+    """The client took longer than the server's read timeout to send its request."""
+
+    status_code = 408
+
+
 class PayloadTooLarge(TorchrigError):
     """A request body (after decompression) is larger than the server's body limit."""
 
@@ -138,7 +157,8 @@ class ManagementDisabled(TorchrigError):
 
 
 class InferenceFailed(TorchrigError):
-    """The model raised while running a batch; every request of the batch gets this."""
+    """The model failed, not its callers: it raised on every request it was given and on
+    its own warm-up example, or it produced no output."""
 
     status_code = 500
 

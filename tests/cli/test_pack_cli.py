@@ -57,13 +57,14 @@ def workdir(tmp_path: Path) -> Path:
 
 def test_pack_a_factory_with_its_own_examples(workdir: Path) -> None:
     proc = run("torchrig.demo:ranker", "--name", "ranker", "--repository", "repo", "--json",
-               cwd=workdir)  # fmt: skip
+               "--input-range", "sparse:0-999", cwd=workdir)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert (result["name"], result["version"], result["format"]) == ("ranker", 1, "torch.export")
     assert [i["name"] for i in result["inputs"]] == ["dense", "sparse"]
     manifest = read_manifest(workdir / "repo" / "ranker" / "1")
     assert manifest.inputs[1].shape == [-1, 26]
+    assert manifest.input_ranges == {"sparse": [0, 999]}  # the server checks it per request
 
 
 def test_pack_with_generated_examples_from_the_command_line(workdir: Path) -> None:
@@ -88,6 +89,9 @@ def test_pack_with_generated_examples_from_the_command_line(workdir: Path) -> No
         (["user_models:bare", "--example", "x:FP33:4x3"], "datatype 'FP33' is not one of"),
         (["user_models:branchy"], "data-dependent control flow at"),
         (["--torchscript", "model.pkl", "--example", "x:FP32:4x3"], "arbitrary code"),
+        (["torchrig.demo:ranker", "--input-range", "dense:0-9"], "ranges are for integer inputs"),
+        (["torchrig.demo:ranker", "--input-range", "sparse:0-9"], "outside [0, 9]"),
+        (["torchrig.demo:ranker", "--input-range", "sparse:9"], "must be NAME:LOW-HIGH"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(workdir: Path, args: list[str], expected: str) -> None:
@@ -100,3 +104,11 @@ def test_errors_are_one_line_and_exit_2(workdir: Path, args: list[str], expected
     assert lines[0].startswith("Error: ")
     assert expected in lines[0]
     assert not (workdir / "repo" / "m" / "1").exists()
+
+
+def test_an_integer_examples_range_is_declared_a_float_ones_is_not() -> None:
+    from torchrig.cli.pack import example_range
+
+    assert example_range("sparse:INT64:8x26:0-999") == ("sparse", (0, 999))
+    assert example_range("x:FP32:4x3:0-1") is None
+    assert example_range("x:INT64:4x3") is None

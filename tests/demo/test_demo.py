@@ -46,12 +46,13 @@ def test_demo_repository_has_both_models_with_configs(demo_repo: Path) -> None:
     assert sorted(p.name for p in demo_repo.iterdir()) == ["classifier", "ranker"]
     ranker_config = parse_config((demo_repo / "ranker" / "config.toml").read_text())
     assert ranker_config.batching.max_batch_size == 64
-    assert ranker_config.batching.max_queue_delay_ms == 2.0
+    assert ranker_config.batching.max_queue_delay_ms == 0.0  # adaptive: no wait when idle
     classifier_config = parse_config((demo_repo / "classifier" / "config.toml").read_text())
     assert classifier_config.batching.max_batch_size == 32
     ranker = read_manifest(demo_repo / "ranker" / "1")
     assert [s.name for s in ranker.inputs] == ["dense", "sparse"]
     assert [s.name for s in ranker.outputs] == ["probability"]
+    assert ranker.input_ranges == {"sparse": [0, 999]}  # checked per request
     classifier = read_manifest(demo_repo / "classifier" / "1")
     assert [(s.name, s.shape) for s in classifier.inputs] == [("image", [-1, 3, 64, 64])]
     assert [(s.name, s.shape) for s in classifier.outputs] == [("logits", [-1, 10])]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from doubles import Doubler, rows, until_async
-from torchrig.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from torchrig.errors import DeadlineExceeded, InputRejected, QueueFull
 from torchrig.repository.config import BatchingConfig
 from torchrig.runtime.batcher import Batcher, BatchRecord
 
@@ -113,7 +113,7 @@ def test_expired_and_abandoned_requests_never_reach_the_model() -> None:
     assert model.seen_rows == [1]  # only the first request ran
 
 
-def test_a_failed_batch_fails_each_of_its_requests_and_no_other() -> None:
+def test_a_failing_request_fails_alone_and_its_batch_mates_are_answered() -> None:
     model = Doubler()
     model.poison = -1.0
     model.gate.clear()
@@ -122,7 +122,7 @@ def test_a_failed_batch_fails_each_of_its_requests_and_no_other() -> None:
     async def main() -> None:
         blocker = asyncio.ensure_future(batcher.infer(rows(100, 4), rows=4))
         await asyncio.to_thread(model.entered.wait, 10)
-        poisoned = [
+        mixed = [
             asyncio.ensure_future(batcher.infer({"x": torch.tensor([[v]])}, rows=1))
             for v in (1.0, -1.0, 2.0, 3.0)
         ]
@@ -130,9 +130,14 @@ def test_a_failed_batch_fails_each_of_its_requests_and_no_other() -> None:
         healthy = asyncio.ensure_future(batcher.infer(rows(5, 2), rows=2))
         model.gate.set()
         assert torch.equal((await blocker)["y"].reshape(-1), torch.arange(100.0, 104.0) * 2)
-        results = await asyncio.gather(*poisoned, return_exceptions=True)
-        assert all(isinstance(r, InferenceFailed) for r in results), results
-        assert "poisoned row" in str(results[0])
+        results = await asyncio.gather(*mixed, return_exceptions=True)
+        assert isinstance(results[1], InputRejected), results
+        assert results[1].status_code == 400
+        assert "poisoned row" in str(results[1])
+        assert "x FP32[1, 1]" in str(results[1])
+        for index, value in ((0, 1.0), (2, 2.0), (3, 3.0)):  # the batch-mates
+            assert not isinstance(results[index], BaseException), results
+            assert float(results[index]["y"]) == 2 * value
         assert torch.equal((await healthy)["y"].reshape(-1), torch.tensor([10.0, 12.0]))
 
     try:
@@ -140,7 +145,33 @@ def test_a_failed_batch_fails_each_of_its_requests_and_no_other() -> None:
     finally:
         model.gate.set()
         batcher.close()
-    assert batcher.stats().failed_batches == 1
+    stats = batcher.stats()
+    assert stats.failed_batches == 1
+    assert stats.rejected_inputs == 1
+    assert stats.model_faults == 0
+    assert stats.isolation_splits == 2  # 4 requests -> 2 + 2 -> 1 + 1
+
+
+def test_requests_that_arrive_while_a_batch_runs_form_the_next_one() -> None:
+    model = Doubler()
+    model.gate.clear()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=8))  # no queue delay: the default
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.infer(rows(0, 1), rows=1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        later = [asyncio.ensure_future(batcher.infer(rows(i, 1), rows=1)) for i in range(1, 6)]
+        await until_async(lambda: batcher.stats().queue_depth == 5)
+        model.gate.set()
+        await asyncio.gather(first, *later)
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.gate.set()
+        batcher.close()
+    # the first request did not wait for company; the five that came meanwhile ran together
+    assert model.seen_rows == [1, 5]
 
 
 def test_close_drains_what_was_accepted() -> None:
@@ -190,7 +221,8 @@ def test_observer_sees_each_batch_and_its_faults_are_swallowed(
         model.gate.set()
         await blocker
         same_batch = await asyncio.gather(*waiting, poisoned, return_exceptions=True)
-        assert all(isinstance(r, InferenceFailed) for r in same_batch), same_batch
+        assert not any(isinstance(r, BaseException) for r in same_batch[:2]), same_batch
+        assert isinstance(same_batch[2], InputRejected), same_batch
         # the observer raised on the first batch, and the batcher kept serving
         assert torch.equal(
             (await batcher.infer(rows(7, 2), rows=2))["y"].reshape(-1), torch.tensor([14.0, 16.0])

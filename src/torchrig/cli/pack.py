@@ -50,6 +50,31 @@ def import_factory(spec: str) -> Any:
     return target
 
 
+INPUT_RANGE = re.compile(r"^(?P<name>[^:]+):(?P<low>-?\d+)-(?P<high>-?\d+)$")
+INPUT_RANGE_FORMAT = "NAME:LOW-HIGH, e.g. sparse:0-999"
+
+
+def parse_input_range(text: str) -> tuple[str, tuple[int, int]]:
+    """One `--input-range NAME:LOW-HIGH` -> (name, (low, high)), inclusive integers."""
+    match = INPUT_RANGE.match(text)
+    if match is None:
+        raise UsageError(f"--input-range {text!r} must be {INPUT_RANGE_FORMAT}.")
+    low, high = int(match["low"]), int(match["high"])
+    if low > high:
+        raise UsageError(f"--input-range {text!r}: LOW must not exceed HIGH.")
+    return match["name"], (low, high)
+
+
+def example_range(text: str) -> tuple[str, tuple[int, int]] | None:
+    """The integer range an `--example` declares (None for floats or no range)."""
+    from torchrig.dtypes import FLOAT_DATATYPES
+
+    match = EXAMPLE.match(text)
+    if match is None or not match["low"] or match["dtype"].upper() in (*FLOAT_DATATYPES, "BOOL"):
+        return None
+    return match["name"], (int(float(match["low"])), int(float(match["high"])))
+
+
 def parse_example(text: str, generator: Any) -> tuple[str, Any]:
     """One `--example NAME:DTYPE:SHAPE[:LOW-HIGH]` -> (name, random tensor)."""
     from torchrig.dtypes import FLOAT_DATATYPES, V2_TO_TORCH, torch_dtype
@@ -104,6 +129,13 @@ def _call_factory(spec: str) -> tuple[Any, Any]:
     help="Program format.",
 )
 @click.option("--example", "examples", multiple=True, help=f"Example input: {EXAMPLE_FORMAT}.")
+@click.option(
+    "--input-range",
+    "input_ranges",
+    multiple=True,
+    help=f"Valid values of an integer input, checked per request: {INPUT_RANGE_FORMAT} "
+    "(an integer --example's LOW-HIGH declares it too).",
+)
 @click.option("--no-dynamic-batch", is_flag=True, help="Fixed shapes: dim 0 is not a batch.")
 @click.option("--max-batch-size", type=int, default=1024, show_default=True)
 @click.option("--golden-examples", type=int, default=3, show_default=True)
@@ -119,6 +151,7 @@ def pack(
     version: int | None,
     fmt: str,
     examples: tuple[str, ...],
+    input_ranges: tuple[str, ...],
     no_dynamic_batch: bool,
     max_batch_size: int,
     golden_examples: int,
@@ -137,6 +170,8 @@ def pack(
         raise UsageError("give either MODULE:FACTORY or --torchscript FILE (exactly one).")
     generator = torch.Generator().manual_seed(0)
     given = dict(parse_example(text, generator) for text in examples) if examples else None
+    ranges = dict(r for r in (example_range(text) for text in examples) if r is not None)
+    ranges.update(parse_input_range(text) for text in input_ranges)
     common: dict[str, Any] = {
         "name": name,
         "repository": repository,
@@ -146,6 +181,7 @@ def pack(
         "max_batch_size": max_batch_size,
         "golden_examples": golden_examples,
         "description": description,
+        "input_ranges": ranges or None,
     }
     started = time.monotonic()
     if torchscript is not None:

@@ -8,15 +8,15 @@ from torchrig.errors import PackError
 from torchrig.repository.config import BatchingConfig, ModelConfig
 
 RANKER_CONFIG = ModelConfig(
-    batching=BatchingConfig(max_batch_size=64, max_queue_delay_ms=2.0),
+    batching=BatchingConfig(max_batch_size=64),
     device="cpu",
 )
 CLASSIFIER_CONFIG = ModelConfig(
-    batching=BatchingConfig(max_batch_size=32, max_queue_delay_ms=5.0),
+    batching=BatchingConfig(max_batch_size=32),
     device="cpu",
 )
 TORCHVISION_CONFIG = ModelConfig(
-    batching=BatchingConfig(max_batch_size=128, max_queue_delay_ms=2.0),
+    batching=BatchingConfig(max_batch_size=128),
     channels_last=True,
 )
 
@@ -24,7 +24,7 @@ TORCHVISION_CONFIG = ModelConfig(
 def build_demo_repository(path: Path, *, include_torchvision: bool = False) -> Path:
     """Pack "ranker" and "classifier" (and, if asked, "resnet50" and "vit_b_16") as
     version 1 each, with a config.toml; returns `path`."""
-    from torchrig.demo.models import classifier, ranker, torchvision_models
+    from torchrig.demo.models import EMBEDDING_ROWS, classifier, ranker, torchvision_models
     from torchrig.envlock import take_lock
     from torchrig.packaging import pack
 
@@ -42,6 +42,7 @@ def build_demo_repository(path: Path, *, include_torchvision: bool = False) -> P
         config=RANKER_CONFIG,
         description="DLRM-style demo ranker: 13 dense + 26 sparse features -> click probability",
         environment=environment,
+        input_ranges={"sparse": (0, EMBEDDING_ROWS - 1)},
     )
     module, example = classifier()
     pack(

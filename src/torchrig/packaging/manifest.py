@@ -65,6 +65,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     outputs: list[TensorSpec]
     batching: bool = True  # dimension 0 of every input and output is the batch
     max_batch_size: int | None = None  # the export's upper bound for the batch dim, if any
+    # inclusive [low, high] of integer inputs (embedding indices...), checked per request
+    # before the model sees it: a bad index must not become a device-side assert
+    input_ranges: dict[str, list[int]] = {}
     files: list[FileEntry]  # every file of the version except manifest.json
     golden: GoldenSpec | None = None
     environment: EnvLock | None = None  # the exporting environment's lock

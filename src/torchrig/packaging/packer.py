@@ -64,6 +64,7 @@ class _Options:
     description: str
     tolerances: dict[str, Tolerance] | None
     environment: EnvLock | None
+    input_ranges: dict[str, tuple[int, int]] | None = None
 
 
 def _eager(module: Any, output_names: list[str] | None) -> Callable[[list[Any]], NamedTensors]:
@@ -95,10 +96,43 @@ def _check_options(options: _Options) -> None:
         raise PackError("golden_examples must be >= 0.")
 
 
+def _checked_ranges(
+    ranges: dict[str, tuple[int, int]] | None, inputs: NamedTensors
+) -> dict[str, list[int]]:
+    """Declared integer ranges, checked against the inputs and their examples."""
+    from torchrig.dtypes import FLOAT_DATATYPES, v2_datatype
+
+    checked: dict[str, list[int]] = {}
+    tensors = dict(zip(inputs.names, inputs.tensors, strict=True))
+    for name, (low, high) in (ranges or {}).items():
+        if name not in tensors:
+            raise PackError(
+                f"input range for {name!r}: the model has no such input "
+                f"(its inputs: {', '.join(inputs.names)})."
+            )
+        tensor = tensors[name]
+        datatype = v2_datatype(tensor.dtype)
+        if datatype in FLOAT_DATATYPES or datatype == "BOOL":
+            raise PackError(
+                f"input range for {name!r}: ranges are for integer inputs, not {datatype}."
+            )
+        if low > high:
+            raise PackError(f"input range for {name!r}: LOW {low} exceeds HIGH {high}.")
+        if tensor.numel() and (int(tensor.min()) < low or int(tensor.max()) > high):
+            raise PackError(
+                f"input range for {name!r}: the example has values in "
+                f"[{int(tensor.min())}, {int(tensor.max())}], outside [{low}, {high}]; "
+                "fix the range or the example."
+            )
+        checked[name] = [int(low), int(high)]
+    return checked
+
+
 def _write_version(
     options: _Options, fmt: Format, inputs: NamedTensors, module: Any, writer: Writer
 ) -> PackedVersion:
     _check_options(options)
+    ranges = _checked_ranges(options.input_ranges, inputs)
     run = _eager(module, options.output_names)
     outputs = run(inputs.tensors)
     if options.dynamic_batch:
@@ -158,6 +192,7 @@ def _write_version(
             outputs=specs(outputs, out_dims),
             batching=options.dynamic_batch,
             max_batch_size=options.max_batch_size if options.dynamic_batch else None,
+            input_ranges=ranges,
             files=files,
             golden=golden_spec,
             environment=environment,
@@ -188,12 +223,15 @@ def pack(
     description: str = "",
     tolerances: dict[str, Tolerance] | None = None,
     environment: EnvLock | None = None,
+    input_ranges: dict[str, tuple[int, int]] | None = None,
 ) -> PackedVersion:
     """Export `module` (in eval mode) and publish it as a new version of model `name`.
 
     `example_inputs` is a tuple of tensors or a dict name -> tensor; with `dynamic_batch`
     dim 0 is the batch (give a batch >= 2). `tolerances` overrides the per-datatype golden
     tolerances; `environment` reuses a lock taken earlier (default: `take_lock()`).
+    `input_ranges` declares integer inputs' inclusive value ranges (embedding indices):
+    the server refuses a request outside them before it reaches the model.
     """
     if format not in get_args(Format):
         raise PackError(f"format {format!r} must be one of {', '.join(get_args(Format))}.")
@@ -212,6 +250,7 @@ def pack(
         description=description,
         tolerances=tolerances,
         environment=environment,
+        input_ranges=input_ranges,
     )
 
     def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:
@@ -286,6 +325,7 @@ def pack_torchscript(
     description: str = "",
     tolerances: dict[str, Tolerance] | None = None,
     environment: EnvLock | None = None,
+    input_ranges: dict[str, tuple[int, int]] | None = None,
 ) -> PackedVersion:
     """Publish an existing TorchScript file as a version; pickles are refused unread."""
     source = Path(path)
@@ -309,6 +349,7 @@ def pack_torchscript(
         description=description,
         tolerances=tolerances,
         environment=environment,
+        input_ranges=input_ranges,
     )
 
     def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:

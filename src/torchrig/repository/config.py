@@ -30,7 +30,9 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 class BatchingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_batch_size: int = 64  # rows per batch; 1 turns batching off
-    max_queue_delay_ms: float = 2.0  # how long the first request of a batch may wait
+    # 0: a batch starts as soon as a worker is free, holding what queued meanwhile; > 0:
+    # the first request of a batch may wait up to this long for company (opt-in)
+    max_queue_delay_ms: float = 0.0
     preferred_batch_sizes: list[int] = []  # warm-up (and CUDA graph) sizes; default: powers of 2
     max_queue_size: int = 1024  # requests waiting; beyond it: queue full (503 + Retry-After)
 

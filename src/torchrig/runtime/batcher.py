@@ -1,18 +1,25 @@
 """The dynamic batcher: requests gather into batches that fill the device.
 
-Each request owns an asyncio future. Worker threads (one per model instance) take the
-first waiting request, then gather more until `max_batch_size` rows or until
-`max_queue_delay_ms` after the first one arrived, concatenate the inputs once, run the
-executor, split the outputs back by rows and resolve each future on its event loop.
-A failed batch fails every request in it; a full queue refuses at once (503 upstream);
-a request whose deadline passed or whose caller went away is dropped before it takes
-device time. Model work never runs on the event loop.
+Each request owns an asyncio future. Worker threads (one per model instance) take every
+request waiting (up to `max_batch_size` rows) as soon as they are free: a request that
+finds the model idle runs at once, and those that arrive while a batch runs form the next
+one. `max_queue_delay_ms` (0 by default) lets the first request of a batch wait up to that
+long for company, an opt-in trade of latency for fuller batches. The inputs are
+concatenated once, the executor runs, the outputs are split back by rows and each future
+is resolved on its event loop. A full queue refuses at once (503 upstream); a request
+whose deadline passed or whose caller went away is dropped before it takes device time.
+Model work never runs on the event loop.
 
-Out of memory in a batch (`torch.OutOfMemoryError`) is not the requests' fault: the batch
-is split in halves by requests and each half retried, down to single requests, whose
-rows are split in turn; only a request of which one row does not fit fails
-(`InsufficientMemory`, 507). An error that poisons the CUDA context fails its batch and is
-reported to `on_device_fault`, so the replica can declare itself unhealthy.
+One request never fails another. A batch that raises is split in halves by requests and
+each half retried, down to single requests, so every request the model can answer is
+answered. A single request that still fails is the caller's fault (`InputRejected`, 400)
+when the model answered another request of the batch or its own known-good example (the
+`probe`, e.g. the warm-up inputs); otherwise the model is at fault (`InferenceFailed`,
+500, logged and counted). Out of memory is never the requests' fault: a single request's
+rows are split in turn, and only a request of which one row does not fit fails
+(`InsufficientMemory`, 507). An error that poisons the CUDA context is not retried: it
+fails its batch and is reported to `on_device_fault`, so the replica can declare itself
+unhealthy.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from torchrig.errors import (
     DeadlineExceeded,
     DeviceUnhealthy,
     InferenceFailed,
+    InputRejected,
     InsufficientMemory,
     QueueFull,
     TorchrigError,
@@ -94,6 +102,9 @@ class BatcherStats:
     oom_splits: int = 0  # batches (or requests) split in halves after out of memory
     oom_failures: int = 0  # requests failed because one row did not fit
     device_faults: int = 0  # batches that failed with an error poisoning the device
+    isolation_splits: int = 0  # failed batches split in halves to find the failing requests
+    rejected_inputs: int = 0  # requests the model failed on while it answered others
+    model_faults: int = 0  # requests failed because the model failed on everything
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
     queue_depth: int = 0
 
@@ -113,8 +124,12 @@ class Batcher:
         pin_batches: bool = False,
         observer: BatchObserver | None = None,
         on_device_fault: DeviceFaultHandler | None = None,
+        probe: Mapping[str, Any] | None = None,
     ) -> None:
         self.executor = executor
+        # known-good inputs (the warm-up example): when a lone request fails, the model
+        # running these tells a bad request from a broken model
+        self.probe = probe
         self.observer = observer
         self.on_device_fault = on_device_fault
         self.max_batch_size = config.max_batch_size if batching else 1
@@ -272,14 +287,15 @@ class Batcher:
     def _run(self, batch: list[_Request]) -> None:
         started = time.monotonic()
         rows = sum(r.rows for r in batch)
-        outcomes = self._execute(batch)
+        outcomes = self._judge(self._execute(batch))
         failed = any(error is not None for _, _, error in outcomes)
         elapsed = self._count(rows, len(batch), started, failed=failed)
         _resolve_all(outcomes)
         self._observe(batch, rows, started, elapsed, failed=failed)
 
     def _execute(self, batch: list[_Request]) -> list[Outcome]:
-        """Run a batch; out of memory splits it by requests (never raises)."""
+        """Run a batch; a failure splits it by requests (never raises). A single request
+        that fails keeps its raw exception, which `_judge` then names."""
         if len(batch) == 1:
             request = batch[0]
             try:
@@ -291,9 +307,13 @@ class Batcher:
                 concat_rows([r.inputs for r in batch], pin=self.pin_batches)
             )
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            if poisons_device(exc):  # the context is gone: retrying would only fail again
                 return self._failed(batch, exc)
-            self._out_of_memory(sum(r.rows for r in batch), len(batch))
+            if is_out_of_memory(exc):
+                self._out_of_memory(sum(r.rows for r in batch), len(batch))
+            else:
+                with self._cond:
+                    self._stats.isolation_splits += 1
             cut = _half_by_rows(batch)
             return self._execute(batch[:cut]) + self._execute(batch[cut:])
         outcomes: list[Outcome] = []
@@ -303,6 +323,54 @@ class Batcher:
             outcomes.append((request, {k: v[offset:end] for k, v in outputs.items()}, None))
             offset = end
         return outcomes
+
+    def _judge(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Name the raw failures of single requests: the caller's inputs (400) when the
+        model answered another request or its probe, else the model's fault (500)."""
+        suspects = [
+            i
+            for i, (_, _, error) in enumerate(outcomes)
+            if error is not None and not isinstance(error, TorchrigError)
+        ]
+        if not suspects:
+            return outcomes
+        model_works = any(error is None for _, _, error in outcomes) or self._probe_passes()
+        judged = list(outcomes)
+        for index in suspects:
+            request, _, error = outcomes[index]
+            what = f"{type(error).__name__}: {error}"
+            verdict: TorchrigError
+            if model_works:
+                verdict = InputRejected(
+                    f"model {self.name} failed on this request's inputs "
+                    f"({describe_inputs(request.inputs)}) while it answered others: {what}. "
+                    "Check the values against what the model accepts (e.g. index ranges)."
+                )
+            else:
+                verdict = InferenceFailed(
+                    f"model {self.name} fails on every input it is given"
+                    + (", its own warm-up example included" if self.probe is not None else "")
+                    + f": {what}"
+                )
+            judged[index] = (request, None, verdict)
+        with self._cond:
+            if model_works:
+                self._stats.rejected_inputs += len(suspects)
+            else:
+                self._stats.model_faults += len(suspects)
+        if not model_works:
+            log.error("model %s: the model failed on every input: %s", self.name, what)
+        return judged
+
+    def _probe_passes(self) -> bool:
+        """Whether the model answers its known-good example (False when it has none)."""
+        if self.probe is None:
+            return False
+        try:
+            self.executor.infer(self.probe)
+        except Exception:
+            return False
+        return True
 
     def _infer_rows(self, inputs: Mapping[str, Any], rows: int) -> Tensors:
         """One request's inputs; out of memory splits its rows in halves (raises the OOM
@@ -330,7 +398,8 @@ class Batcher:
         )
 
     def _failed(self, batch: list[_Request], exc: Exception) -> list[Outcome]:
-        """Every request of a failed batch gets the error, named for what it means."""
+        """Every request of a failed batch gets the error: named here for out of memory
+        and a poisoned device, raw otherwise (for `_judge`)."""
         rows = sum(r.rows for r in batch)
         error: Exception = exc
         if is_out_of_memory(exc):
@@ -354,10 +423,6 @@ class Batcher:
                     self.on_device_fault(exc)
                 except Exception:  # reporting must never take a worker down
                     log.exception("model %s: the device fault handler failed", self.name)
-        elif not isinstance(exc, TorchrigError):
-            error = InferenceFailed(
-                f"model {self.name} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}"
-            )
         return [(r, None, error) for r in batch]
 
     def _observe(
@@ -392,6 +457,20 @@ class Batcher:
                 elapsed if not self._batch_time_s else (0.9 * self._batch_time_s + 0.1 * elapsed)
             )
         return elapsed
+
+
+def describe_inputs(inputs: Mapping[str, Any]) -> str:
+    """`name DATATYPE[shape]` for each input, as an error message names them."""
+    from torchrig.dtypes import v2_datatype
+
+    parts = []
+    for name, tensor in inputs.items():
+        try:
+            datatype = v2_datatype(tensor.dtype)
+        except (KeyError, AttributeError):
+            datatype = type(tensor).__name__
+        parts.append(f"{name} {datatype}{list(getattr(tensor, 'shape', []))}")
+    return ", ".join(parts)
 
 
 def _half_by_rows(batch: list[_Request]) -> int:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -143,6 +143,7 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         pin_batches=executor.wants_pinned_batches,
         observer=observer,
         on_device_fault=ctx.on_device_fault,
+        probe=_probe(executor, manifest),
     )
     served.state = "ready"
     for warning in served.warnings:
@@ -163,3 +164,18 @@ async def release_version(
         repository.release_local_dir(served.local_dir)
     served.state, served.batcher, served.executor = "unloaded", None, None
     log.info("%s version %s unloaded", served.model, served.version)
+
+
+def _probe(executor: Executor, manifest: Manifest | None) -> dict[str, Any] | None:
+    """One known-good request for the batcher: the warm-up example (zeros), with integer
+    inputs moved into their declared ranges."""
+    try:
+        inputs = executor.example(1)
+    except Exception:  # a version without a usable example: lone failures are 500s
+        log.debug("no probe example for %s", executor.manifest.name, exc_info=True)
+        return None
+    ranges = manifest.input_ranges if manifest is not None else {}
+    for name, (low, high) in ranges.items():
+        if name in inputs:
+            inputs[name] = inputs[name].clamp(low, high)
+    return inputs

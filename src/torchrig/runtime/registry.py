@@ -409,5 +409,6 @@ class ModelRegistry:
             inputs,
             batching=manifest.batching,
             max_batch_size=batcher.max_batch_size,
+            ranges=manifest.input_ranges,
         )
         return batcher.submit(inputs, rows=rows, timeout_s=timeout_s)

@@ -21,10 +21,14 @@ def validate_inputs(
     *,
     batching: bool,
     max_batch_size: int,
+    ranges: Mapping[str, list[int]] | None = None,
 ) -> int:
-    """Check names, datatypes and shapes; return the request's row count (1 unbatched).
+    """Check names, datatypes, shapes and declared integer ranges; return the request's
+    row count (1 unbatched).
 
-    Every error names the input and what was expected.
+    Every error names the input and what was expected. A declared range is checked here,
+    per request, so that an out-of-range index never reaches the model (on a GPU it would
+    be a device-side assert that poisons the whole replica).
     """
     if len(inputs) != len(specs) or any(s.name not in inputs for s in specs):
         expected = {s.name for s in specs}
@@ -69,6 +73,8 @@ def validate_inputs(
                     f"model {model}: inputs disagree on the batch size ({rows} vs {shape[0]} "
                     f"for {spec.name})"
                 )
+    if ranges:
+        check_ranges(model, inputs, ranges)
     if not batching:
         return 1
     if rows is None or rows < 1:
@@ -79,3 +85,20 @@ def validate_inputs(
             "split it or raise batching.max_batch_size in the model's config.toml"
         )
     return rows
+
+
+def check_ranges(model: str, inputs: Mapping[str, Any], ranges: Mapping[str, list[int]]) -> None:
+    """Refuse integer inputs with values outside their declared inclusive [low, high]."""
+    import torch
+
+    for name, (low, high) in ranges.items():
+        tensor = inputs.get(name)
+        if tensor is None or tensor.numel() == 0:
+            continue
+        smallest, largest = (int(v) for v in torch.aminmax(tensor))
+        if smallest < low or largest > high:
+            raise InvalidInput(
+                f"model {model}: input {name} has values in [{smallest}, {largest}], outside "
+                f"its declared range [{low}, {high}]; send values from {low} to {high} "
+                "(the range was declared when the model was packed)"
+            )
