@@ -51,7 +51,9 @@ def repo(tmp_path: Path) -> Path:
     half.mkdir()
     (half / "model.pt2").write_bytes(b"half-copied")  # no manifest yet
     corrupt = write_version(tmp_path, "ranker", 4)
-    (corrupt / "model.pt2").write_bytes(b"programX")  # same size class, other bytes
+    # the same size, other bytes: only the checksum tells this one from the original
+    (corrupt / "model.pt2").write_bytes(b"progrAm")
+    assert len(b"progrAm") == len(b"program")
     (tmp_path / "ranker" / "notes").mkdir()  # not a version
     (tmp_path / ".tmp-5-abc").mkdir()  # packing in progress: hidden
     write_version(tmp_path, "classifier", 1)
