@@ -11,12 +11,18 @@ from torchrig.errors import UnknownVersionError
 _STATUS_RANK = {"stable": 0, "legacy": 1, "experimental": 2}
 
 
-def _choice(info: VariantInfo, cc: str, driver: str | None) -> BuildChoice | None:
-    """The BuildChoice for `info` if it runs on `cc` (under `driver` if given), else None."""
+def _choice(
+    info: VariantInfo, cc: str, driver: str | None, machine: str = "x86_64"
+) -> BuildChoice | None:
+    """The BuildChoice for `info` if its wheels for host `machine` run on `cc` (under
+    `driver` if given), else None; None too where that host's arch list is unknown."""
+    arch_list = info.arch_list_for(machine)
+    if arch_list is None:
+        return None
     status: DriverStatus | None = driver_status(info.cuda, driver) if driver else None
     if status == "insufficient":
         return None
-    support = arch_support(info.arch_list, cc, ptx_jit_allowed=status != "minor-compat")
+    support = arch_support(arch_list, cc, ptx_jit_allowed=status != "minor-compat")
     if not support.runs or support.how is None:
         return None
     req = load_kb().driver_requirement(info.cuda)
@@ -43,9 +49,12 @@ def release_or_raise(kb: KnowledgeBase, release: str) -> TorchRelease:
 
 
 def builds_for(
-    cc: str, *, release: str | None = None, driver: str | None = None
+    cc: str, *, release: str | None = None, driver: str | None = None, machine: str = "x86_64"
 ) -> list[BuildChoice]:
     """Every (release, variant) whose code runs on compute capability `cc`, newest first.
+
+    `machine` is the host architecture (`x86_64` or `aarch64`): the wheels of the two
+    carry different architecture lists.
 
     Within a release, builds the driver runs fully come before minor-compat ones,
     then higher CUDA first.
@@ -63,7 +72,7 @@ def builds_for(
         choice
         for rel in releases
         for info in rel.variants
-        if (choice := _choice(info, cc_text, driver)) is not None
+        if (choice := _choice(info, cc_text, driver, machine)) is not None
     ]
     # newest release first; within a release, builds the driver fully supports first
     choices.sort(key=lambda c: parse_cuda(c.cuda), reverse=True)
@@ -73,13 +82,13 @@ def builds_for(
 
 
 def preferred_variant(
-    rel: TorchRelease, cc: str, driver: str | None = None
+    rel: TorchRelease, cc: str, driver: str | None = None, machine: str = "x86_64"
 ) -> tuple[VariantInfo, BuildChoice] | None:
     """The variant of `rel` to recommend for `cc`: fully supported by the driver, stable
     rather than legacy or experimental, and of the lowest CUDA (the smallest change)."""
     ranked: list[tuple[tuple[int, int, tuple[int, int]], VariantInfo, BuildChoice]] = []
     for info in rel.variants:
-        choice = _choice(info, cc, driver)
+        choice = _choice(info, cc, driver, machine)
         if choice is None:
             continue
         driver_rank = 1 if choice.driver_status == "minor-compat" else 0

@@ -15,6 +15,7 @@ import msgspec
 from torchrig.compat.model import (
     DriverRequirement,
     GpuModel,
+    PlatformArchs,
     TorchRelease,
     VariantInfo,
     VariantStatus,
@@ -48,6 +49,7 @@ class _VariantRecord(msgspec.Struct, frozen=True):
     source: str
     verified: bool
     notes: str = ""
+    aarch64: PlatformArchs | None = None
 
 
 class _ReleaseRecord(msgspec.Struct, frozen=True):
@@ -248,6 +250,7 @@ def _build_release(record: _ReleaseRecord, pattern: str) -> TorchRelease:
                 source=rec.source,
                 verified=rec.verified,
                 notes=rec.notes,
+                aarch64=rec.aarch64,
             )
         )
     for patch in record.patches:

@@ -15,10 +15,36 @@ ArchHow = Literal["sass-exact", "sass-compatible", "ptx-jit"]
 DriverStatus = Literal["ok", "minor-compat", "insufficient", "unknown"]
 Verdict = Literal["ok", "warn", "fail", "unknown"]
 Topic = Literal["arch", "driver", "torch", "gpu"]
+HostArch = Literal["x86_64", "aarch64"]
+
+
+def host_arch(machine: str) -> HostArch:
+    """`platform.machine()` as torch keys its wheels: `aarch64`/`arm64` -> aarch64, else x86_64."""
+    return "aarch64" if machine.strip().lower() in {"aarch64", "arm64"} else "x86_64"
+
+
+class PlatformArchs(msgspec.Struct, frozen=True):
+    """The architectures a variant's wheels for another host architecture (aarch64) carry."""
+
+    sass: list[str]
+    ptx: list[str]
+    source: str
+    verified: bool
+    notes: str = ""
+
+    @property
+    def arch_list(self) -> list[str]:
+        """The architectures as `torch.cuda.get_arch_list()` prints them."""
+        sass = [f"sm_{cc.replace('.', '')}" for cc in self.sass]
+        return sass + [f"compute_{cc.replace('.', '')}" for cc in self.ptx]
 
 
 class VariantInfo(msgspec.Struct, frozen=True):
-    """One wheel variant of one torch release (e.g. 2.9 cu126) and what it was built with."""
+    """One wheel variant of one torch release (e.g. 2.9 cu126) and what it was built with.
+
+    `sass`/`ptx` are the x86_64 wheels' architectures; `aarch64` those of the aarch64
+    (SBSA) wheels where the knowledge base knows them: the two lists differ.
+    """
 
     release: str
     variant: str
@@ -34,12 +60,20 @@ class VariantInfo(msgspec.Struct, frozen=True):
     source: str
     verified: bool
     notes: str = ""
+    aarch64: PlatformArchs | None = None
 
     @property
     def arch_list(self) -> list[str]:
-        """The architectures as `torch.cuda.get_arch_list()` prints them."""
+        """The x86_64 architectures as `torch.cuda.get_arch_list()` prints them."""
         sass = [f"sm_{cc.replace('.', '')}" for cc in self.sass]
         return sass + [f"compute_{cc.replace('.', '')}" for cc in self.ptx]
+
+    def arch_list_for(self, machine: str) -> list[str] | None:
+        """The arch list of this variant's wheels for host `machine` (`x86_64`, `aarch64`);
+        None where the knowledge base does not know that host's list."""
+        if host_arch(machine) == "aarch64":
+            return self.aarch64.arch_list if self.aarch64 is not None else None
+        return self.arch_list
 
     @property
     def latest_patch(self) -> str:
