@@ -48,6 +48,10 @@ class TorchFacts(_Fact, frozen=True, kw_only=True):
     debug: bool = False
     cxx11_abi: bool | None = None
     arch_list: list[str] = []  # torch.cuda.get_arch_list(): ["sm_80", "sm_90", "compute_90"]
+    # torch.cuda.PYTORCH_RELEASES_CODE_CC (recent releases): the release's own table of
+    # compiled architectures per CUDA version and host arch, {"13.0": {"aarch64": [80, ...]}};
+    # readable without a GPU, unlike get_arch_list()
+    release_arch_table: dict[str, dict[str, list[int]]] = {}
     cudnn_version: int | None = None  # runtime, torch.backends.cudnn.version(): 91002
     cudnn_compile_version: int | None = None  # what the build was compiled against
     cudnn_error: str | None = None  # what torch.backends.cudnn.version() raised (mismatch)

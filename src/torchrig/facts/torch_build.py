@@ -71,6 +71,7 @@ def read_torch() -> tuple[TorchFacts | None, str | None]:
             debug=bool(_attempt(lambda: torch.version.debug)),
             cxx11_abi=_attempt(lambda: bool(torch._C._GLIBCXX_USE_CXX11_ABI)),
             arch_list=_attempt(lambda: list(torch.cuda.get_arch_list())) or [],
+            release_arch_table=_attempt(lambda: release_arch_table(torch)) or {},
             cudnn_version=cudnn_version,
             cudnn_compile_version=_attempt(lambda: _cudnn_compile_version(torch)),
             cudnn_error=cudnn_error,
@@ -133,6 +134,17 @@ def parse_build_flags(config: str) -> dict[str, str]:
                 if key in BUILD_FLAG_KEYS
             }
     return {}
+
+
+def release_arch_table(torch: Any) -> dict[str, dict[str, list[int]]]:
+    """torch's own `PYTORCH_RELEASES_CODE_CC` as plain sorted lists; {} on releases without it."""
+    table = getattr(torch.cuda, "PYTORCH_RELEASES_CODE_CC", None)
+    if not isinstance(table, dict):
+        return {}
+    return {
+        str(cuda): {str(host): sorted(int(cc) for cc in codes) for host, codes in by_host.items()}
+        for cuda, by_host in table.items()
+    }
 
 
 def encode_cudnn_version(major: int, minor: int, patch: int) -> int:
