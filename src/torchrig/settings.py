@@ -111,6 +111,31 @@ class ServeSettings:
     max_body_mb: float = dataclasses.field(
         default=64.0, metadata=_option("Largest request body accepted (413 beyond).")
     )
+    max_header_kb: float = dataclasses.field(
+        default=64.0,
+        metadata=_option("Largest request line and header block accepted (431 beyond)."),
+    )
+    max_headers: int = dataclasses.field(
+        default=100, metadata=_option("Most header fields a request may have (431 beyond).")
+    )
+    header_timeout_s: float = dataclasses.field(
+        default=10.0,
+        metadata=_option(
+            "How long a client may take to send a request's line and headers, counted from "
+            "its first byte or from connecting (408 and closed past it)."
+        ),
+    )
+    body_timeout_s: float = dataclasses.field(
+        default=60.0,
+        metadata=_option(
+            "How long a client may take to send a request's body once its headers arrived "
+            "(408 and closed past it)."
+        ),
+    )
+    max_connections: int = dataclasses.field(
+        default=1024,
+        metadata=_option("Open connections (or requests in flight) at most; 503 beyond."),
+    )
     request_timeout_s: float = dataclasses.field(
         default=30.0,
         metadata=_option("Deadline of a request without a `timeout` parameter (504 past it)."),

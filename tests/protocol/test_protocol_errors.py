@@ -83,8 +83,15 @@ JSON_CASES: list[tuple[str, Any, str]] = [
     (
         "string in floats",
         {"inputs": [fp32(data=["a", 1.0])]},
-        "'x': data is not a regular array of FP32",
+        "'x' is FP32: its JSON data must be numbers",
     ),
+    # numpy alone would parse these strings as 1.5 and NaN
+    ("numbers as strings", {"inputs": [fp32(data=["1.5", "NaN"])]}, "must be numbers .* strings"),
+    ("booleans as floats", {"inputs": [fp32(data=[True, False])]}, "must be numbers .* booleans"),
+    ("null among strings", {"inputs": [fp32(data=[None, "1"])]}, "must be numbers .* mixed"),
+    # empty, yet numpy and torch refuse such shapes: a 400, not a 500
+    ("empty with a huge dim", {"inputs": [fp32(shape=[2**63 - 1, 0], data=[])]}, "too large"),
+    ("empty with huge dims", {"inputs": [fp32(shape=[2**31, 2**31, 0], data=[])]}, "too large"),
     (
         "float in ints",
         {"inputs": [fp32(datatype="INT64", data=[1, 2.5])]},
@@ -118,7 +125,7 @@ JSON_CASES: list[tuple[str, Any, str]] = [
         {"inputs": [fp32(shape=[10**6, 10**6])]},
         "'x': shape .* claims 1000000000000 elements",
     ),
-    ("shape overflow", {"inputs": [fp32(shape=[2**40, 2**40])]}, "'x': shape .* overflows int64"),
+    ("shape overflow", {"inputs": [fp32(shape=[2**40, 2**40])]}, "'x': shape .* is too large"),
     (
         "binary_data_size is a string",
         {"inputs": [fp32(parameters={"binary_data_size": "8"})]},
@@ -170,6 +177,26 @@ def test_bad_json_requests(request_json: Any, pattern: str) -> None:
 def test_malformed_json_says_where(body: bytes, pattern: str) -> None:
     with pytest.raises(InvalidInput, match=pattern):
         decode(body)
+
+
+@pytest.mark.parametrize("where", ["data", "parameters", "request"])
+def test_json_nested_too_deeply_is_a_400(where: str) -> None:
+    deep = "[" * 2000 + "1" + "]" * 2000
+    if where == "data":
+        body = f'{{"inputs": [{{"name": "x", "datatype": "FP32", "shape": [1], "data": {deep}}}]}}'
+    elif where == "parameters":
+        body = f'{{"inputs": [], "parameters": {{"p": {deep}}}}}'
+    else:
+        body = deep
+    with pytest.raises(InvalidInput, match=r"nested too deeply|must be a JSON object") as info:
+        decode(body.encode())
+    assert info.value.status_code == 400
+
+
+def test_empty_binary_input_with_huge_dims_is_a_400() -> None:
+    body, length = body_of([binary("x", "FP32", [2**31, 2**31, 0], 0)])
+    with pytest.raises(InvalidInput, match="too large"):
+        decode(body, length)
 
 
 def test_binary_size_not_matching_shape() -> None:

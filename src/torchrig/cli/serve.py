@@ -56,6 +56,11 @@ def check_settings(settings: ServeSettings) -> None:
         raise UsageError(f"--port {settings.port} is not a TCP port (0..65535).")
     for name in (
         "max_body_mb",
+        "max_header_kb",
+        "max_headers",
+        "header_timeout_s",
+        "body_timeout_s",
+        "max_connections",
         "request_timeout_s",
         "max_request_timeout_s",
         "drain_timeout_s",

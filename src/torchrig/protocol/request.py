@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -46,6 +47,10 @@ class _WireRequest(msgspec.Struct):
 
 
 _DECODER = msgspec.json.Decoder(_WireRequest)
+_TOO_DEEP = (
+    "the request body's JSON is nested too deeply; tensor data is at most as deep as its "
+    "shape (or flat)"
+)
 _INPUT_PATH = re.compile(r"\$\.inputs\[(\d+)\]")
 
 
@@ -69,6 +74,7 @@ def decode_infer_request(
     content_encoding: str | None = None,
     max_body_bytes: int,
     specs: list[TensorSpec] | None = None,
+    accept: Callable[[str, str, list[int]], None] | None = None,
 ) -> DecodedRequest:
     """Decode an infer request body into named tensors; every defect is an `InvalidInput`.
 
@@ -77,7 +83,9 @@ def decode_infer_request(
     it, and are otherwise copied once into one aligned buffer that the tensors view; JSON
     data is converted through numpy. BYTES inputs become `BytesTensor`s. The datatypes
     named in the request are the truth: `specs` is accepted for the server's convenience
-    but signature checks are the server's job.
+    but signature checks are the server's job. `accept(name, datatype, shape)`, called for
+    each input once the JSON header is parsed and before any tensor data is converted, can
+    refuse a request cheaply (an unknown input, a wrong datatype or shape).
     """
     del specs  # the request's datatypes decide; the server validates against the signature
     data = decompress_body(body, content_encoding, max_body_bytes)
@@ -107,6 +115,8 @@ def decode_infer_request(
         seen.add(name)
         names.append(name)
         count = element_count(name, shape)
+        if accept is not None:
+            accept(name, datatype, shape)
         size = _binary_data_size(name, wire.parameters)
         if size is None:
             if wire.data is None:
@@ -141,12 +151,7 @@ def decode_infer_request(
             "binary_data_size parameters must add up to the body after the JSON header"
         )
 
-    with np.errstate(over="raise"):
-        for index, name, datatype, shape, count, json_data in pending_json:
-            if datatype == "BYTES":
-                values[index] = json_bytes_tensor(name, shape, count, json_data)
-            else:
-                values[index] = json_tensor(name, datatype, shape, count, json_data)
+    _convert_json(pending_json, values)
     _materialize(data, binaries, values)
 
     parameters = request.parameters or {}
@@ -160,9 +165,26 @@ def decode_infer_request(
     )
 
 
+def _convert_json(
+    pending: list[tuple[int, str, str, list[int], int, Any]], values: list[Any]
+) -> None:
+    """The JSON inputs' data -> tensors (or BYTES elements), into `values` by index."""
+    with np.errstate(over="raise"):
+        for index, name, datatype, shape, count, json_data in pending:
+            try:
+                if datatype == "BYTES":
+                    values[index] = json_bytes_tensor(name, shape, count, json_data)
+                else:
+                    values[index] = json_tensor(name, datatype, shape, count, json_data)
+            except RecursionError:
+                raise InvalidInput(f"input {name!r}: {_TOO_DEEP}") from None
+
+
 def _parse(header: Buffer, *, binary_follows: bool) -> _WireRequest:
     try:
         return _DECODER.decode(header)
+    except RecursionError:
+        raise InvalidInput(_TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         raise InvalidInput(_schema_message(header, str(exc))) from None
     except msgspec.DecodeError as exc:
@@ -179,6 +201,8 @@ def _schema_message(header: Buffer, message: str) -> str:
         untyped = msgspec.json.decode(header)
     except msgspec.DecodeError as exc:
         return f"the request body is not valid JSON: {exc}"
+    except RecursionError:
+        return _TOO_DEEP
     match = _INPUT_PATH.search(message)
     if match:  # name the input, when it has a name
         wire = untyped["inputs"][int(match.group(1))]

@@ -51,6 +51,9 @@ ITEMSIZE: dict[str, int] = {name: dtype.itemsize for name, dtype in TORCH_DTYPES
 DATATYPES = (*TORCH_DTYPES, "BYTES")
 MAX_DIMS = 64  # numpy's limit; no real model comes near it
 MAX_ELEMENTS = 2**63 - 1
+# numpy and torch refuse a shape whose non-zero dimensions multiply past their index
+# range even when a zero makes it empty ([2**63 - 1, 0]): the extent is bounded too
+MAX_EXTENT = 2**60
 _FLOATS = frozenset({"FP16", "BF16", "FP32", "FP64"})
 _LENGTH = struct.Struct("<I")
 
@@ -60,6 +63,7 @@ def element_count(name: str, shape: Sequence[int]) -> int:
     if len(shape) > MAX_DIMS:
         raise InvalidInput(f"input {name!r} has {len(shape)} dimensions; at most {MAX_DIMS}")
     count = 1
+    extent = 1  # the product of the non-zero dimensions
     for dim in shape:
         if dim < 0:
             raise InvalidInput(
@@ -67,8 +71,12 @@ def element_count(name: str, shape: Sequence[int]) -> int:
                 "gives the actual sizes (-1 appears only in model metadata)"
             )
         count *= dim
-    if count > MAX_ELEMENTS:
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} overflows int64 elements")
+        extent *= max(dim, 1)
+    if count > MAX_ELEMENTS or extent > MAX_EXTENT:
+        raise InvalidInput(
+            f"input {name!r}: shape {list(shape)} is too large (its non-zero dimensions "
+            f"multiply past {MAX_EXTENT}); give the tensor's actual sizes"
+        )
     return count
 
 
@@ -100,8 +108,9 @@ def json_tensor(name: str, datatype: str, shape: Sequence[int], count: int, data
     """A fixed-size input's JSON `data`, flat or nested row-major, as a tensor of `shape`.
 
     Integers must be JSON integers within the datatype's range, BOOL must be JSON booleans;
-    floats accept any number (and null, as NaN). Call under `np.errstate(over="raise")`
-    so that values beyond a float type's range are reported, not turned into inf.
+    floats accept JSON numbers only (and null, as NaN; never strings such as "1.5").
+    Call under `np.errstate(over="raise")` so that values beyond a float type's range are
+    reported, not turned into inf.
     """
     if datatype == "BF16":
         raise InvalidInput(
@@ -115,7 +124,7 @@ def json_tensor(name: str, datatype: str, shape: Sequence[int], count: int, data
     target = NUMPY_DTYPES[datatype]
     try:
         if datatype in _FLOATS:
-            array = np.array(data, dtype=target)
+            array = _numbers(name, datatype, data, target)
         else:
             array = _exact(name, datatype, data, target)
     except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
@@ -127,6 +136,32 @@ def json_tensor(name: str, datatype: str, shape: Sequence[int], count: int, data
             f"input {name!r} has {array.size} values but shape {list(shape)} needs {count}"
         )
     return torch.from_numpy(array.reshape(shape))
+
+
+def _numbers(name: str, datatype: str, data: Any, target: Any) -> Any:
+    """Float data from JSON numbers (null: NaN); numpy alone would parse strings."""
+    array = np.array(data)
+    kind = array.dtype.kind
+    if kind in "iuf":
+        return array.astype(target)
+    if kind == "O" and all(
+        value is None or (type(value) in (int, float)) for value in _flatten_array(array)
+    ):
+        return np.array(data, dtype=target)
+    if not array.size:
+        return array.astype(target)
+    raise InvalidInput(
+        f"input {name!r} is {datatype}: its JSON data must be numbers (or null for NaN), "
+        f"not {'booleans' if kind == 'b' else 'strings' if kind in 'US' else 'mixed values'}"
+    )
+
+
+def _flatten_array(array: Any) -> Iterator[Any]:
+    for value in array.flat:
+        if isinstance(value, list):
+            yield from _flatten(value)
+        else:
+            yield value
 
 
 def _exact(name: str, datatype: str, data: Any, target: Any) -> Any:

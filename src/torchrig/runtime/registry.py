@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = ["PLATFORM", "ModelMetadata", "ModelRegistry", "ServedVersion", "State
 
 log = logging.getLogger(__name__)
 
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 PLATFORM = {
     "torch.export": "pytorch_torchexport",
     "torchscript": "pytorch_libtorch",
@@ -335,10 +337,13 @@ class ModelRegistry:
                 raise ModelNotReady(f"model {name} is not available: {reason}")
             raise ModelNotFound(f"model {name} is not served here")
         if version is not None:
-            try:
-                number = int(version)
-            except ValueError:
-                raise ModelNotFound(f"model {name} has no version {version!r}") from None
+            # strict: "01", "+1", "1_0" or " 1" name no version (int() would take them)
+            if isinstance(version, str) and not _VERSION.fullmatch(version):
+                raise ModelNotFound(
+                    f"model {name} has no version {version!r}; versions are written as "
+                    "positive integers without sign, leading zeros or separators"
+                )
+            number = int(version)
             served = next((v for v in mine if v.version == number), None)
             if served is None:
                 raise ModelNotFound(f"model {name} has no version {number} loaded")

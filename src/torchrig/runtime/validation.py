@@ -102,3 +102,39 @@ def check_ranges(model: str, inputs: Mapping[str, Any], ranges: Mapping[str, lis
                 f"its declared range [{low}, {high}]; send values from {low} to {high} "
                 "(the range was declared when the model was packed)"
             )
+
+
+def check_declared(
+    model: str,
+    specs: list[TensorSpec],
+    name: str,
+    datatype: str,
+    shape: list[int],
+    *,
+    max_batch_size: int | None = None,
+) -> None:
+    """What a request declares of one input (name, datatype, shape), checked before its
+    data is parsed: a request that cannot be served is refused before it costs anything.
+    `validate_inputs` checks the decoded tensors in full later."""
+    spec = next((s for s in specs if s.name == name), None)
+    if spec is None:
+        raise InvalidInput(
+            f"model {model}: unknown input {name}; it takes "
+            + ", ".join(f"{s.name} {s.datatype}{_shape(s)}" for s in specs)
+        )
+    if datatype != spec.datatype:
+        raise InvalidInput(
+            f"model {model}: input {name} has datatype {datatype}, expected {spec.datatype}"
+        )
+    if len(shape) != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=False)
+    ):
+        raise InvalidInput(
+            f"model {model}: input {name} has shape {shape}, expected {_shape(spec)} (-1: any size)"
+        )
+    if max_batch_size is not None and shape and spec.shape[0] == -1 and shape[0] > max_batch_size:
+        raise InvalidInput(
+            f"model {model}: a request of {shape[0]} rows exceeds max_batch_size "
+            f"{max_batch_size}; split it or raise batching.max_batch_size in the model's "
+            "config.toml"
+        )

@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from torchrig import __version__
@@ -40,6 +41,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
+OFF_LOOP_BYTES = 256 * 1024  # bodies from this size on are decoded in a thread
+LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 JSON = "application/json"
 MODEL = r"(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
@@ -91,6 +95,7 @@ class V2App:
         # with several worker processes, every answer names its worker (header
         # torchrig-worker: <pid>), so that the spread of requests can be seen
         self._worker = str(os.getpid()).encode() if state.settings.workers > 1 else None
+        self._large_decode_slots: asyncio.Semaphore | None = None
         self.management = Management(
             state.registry,
             control_mode=state.settings.control_mode,
@@ -104,6 +109,13 @@ class V2App:
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    def _large_decodes(self) -> asyncio.Semaphore:
+        """The slots for decoding large bodies off the event loop (made on first use, on
+        the serving loop)."""
+        if self._large_decode_slots is None:
+            self._large_decode_slots = asyncio.Semaphore(LARGE_DECODES)
+        return self._large_decode_slots
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -164,6 +176,9 @@ class V2App:
             status, body, headers = exc.status_code, _error(exc.message), {}
             if isinstance(exc, Unauthorized):
                 headers = {"www-authenticate": 'Bearer realm="torchrig"'}
+        except Exception:  # request boundary: a V2 error body, never uvicorn's plain text
+            log.exception("internal error on %s %s", method, path)
+            status, body, headers = 500, _error("internal error; the server log has details"), {}
         await _respond(send, status, body, headers)
 
     async def _live(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
@@ -333,25 +348,36 @@ class V2App:
     ) -> tuple[Any, Any]:
         """Read and decode a request for a ready model version: (served version, request)."""
         from torchrig.protocol import BytesTensor, decode_infer_request
+        from torchrig.runtime.validation import check_declared
 
         body = await self._read_body(headers, receive)
         served = self.state.registry.resolve(model, version)
         if served.manifest is None:  # pragma: no cover - a ready version has its manifest
             raise InvalidInput(f"model {model} has no signature")
         length = headers.get("inference-header-content-length")
-        try:
-            header_length = int(length) if length is not None else None
-        except ValueError:
-            raise InvalidInput(
-                f"Inference-Header-Content-Length {length!r} is not an integer"
-            ) from None
-        request = decode_infer_request(
+        header_length = None
+        if length is not None:
+            header_length = _decimal(length, "Inference-Header-Content-Length")
+        declared = partial(
+            check_declared,
+            f"{model}/{served.version}",
+            served.manifest.inputs,
+            max_batch_size=served.batcher.max_batch_size if served.batcher else None,
+        )
+        decode = partial(
+            decode_infer_request,
             body,
             header_length=header_length,
             content_encoding=headers.get("content-encoding"),
             max_body_bytes=self.max_body,
             specs=served.manifest.inputs,
+            accept=declared,
         )
+        if len(body) < OFF_LOOP_BYTES and headers.get("content-encoding") is None:
+            request = decode()
+        else:  # large: parse in a thread, a few at a time (their Python objects are big)
+            async with self._large_decodes():
+                request = await asyncio.to_thread(decode)
         for name, value in request.inputs.items():
             if isinstance(value, BytesTensor):
                 raise InvalidInput(
@@ -369,10 +395,7 @@ class V2App:
         declared = headers.get("content-length")
         into: BodyBuffer | None = None
         if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise InvalidInput(f"Content-Length {declared!r} is not an integer") from None
+            size = _decimal(declared, "Content-Length")
             if size > self.max_body:
                 raise PayloadTooLarge(
                     f"request body of {size} bytes exceeds the limit of {self.max_body} bytes "
@@ -407,9 +430,17 @@ def _header_length(headers: dict[str, str]) -> int | None:
     """Inference-Header-Content-Length when it is a usable integer (the decoder reports a
     bad one; here it only places the body buffer)."""
     length = headers.get("inference-header-content-length")
-    if length is None or not length.isdigit():
+    if length is None or not _DECIMAL.fullmatch(length):
         return None
     return int(length)
+
+
+def _decimal(value: str, header: str) -> int:
+    """A header's non-negative integer, strictly: ASCII digits only (int() would also take
+    " 1", "+1", "1_0" and superscript or other Unicode digits)."""
+    if not _DECIMAL.fullmatch(value):
+        raise InvalidInput(f"{header} {value!r} is not a non-negative integer in ASCII digits")
+    return int(value)
 
 
 async def _unless_disconnected(

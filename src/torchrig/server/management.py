@@ -147,8 +147,10 @@ class Management:
         if body.strip():
             try:
                 request = msgspec.json.decode(body)
-            except msgspec.DecodeError:
-                raise InvalidInput("the index request body is not JSON") from None
+            except (msgspec.DecodeError, RecursionError):  # deep nesting: RecursionError
+                raise InvalidInput(
+                    'the index request body is not JSON of modest depth, e.g. {"ready": true}'
+                ) from None
             only_ready = isinstance(request, dict) and request.get("ready") is True
         rows: list[dict[str, Any]] = [
             {

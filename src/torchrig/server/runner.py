@@ -158,9 +158,14 @@ def make_server(state: ServerState, *, on_ready: Callable[[str], None] | None = 
     """A uvicorn server for the app whose signal handling first flips readiness off."""
     import uvicorn
 
+    from torchrig.server.http_limits import HttpLimits, protocol_class
+
     settings = state.settings
+    limited = protocol_class(HttpLimits.of(settings))
     config = uvicorn.Config(
         V2App(state),
+        http=limited if limited is not None else "h11",
+        limit_concurrency=settings.max_connections,
         host=settings.host,
         port=settings.port,
         lifespan="on",
@@ -168,7 +173,8 @@ def make_server(state: ServerState, *, on_ready: Callable[[str], None] | None = 
         log_config=None,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         server_header=False,
-        h11_max_incomplete_event_size=64 * 1024,  # bounds the request line and headers
+        # bounds the request line and headers when h11 parses (no httptools)
+        h11_max_incomplete_event_size=int(settings.max_header_kb * 1024),
     )
 
     class Server(uvicorn.Server):

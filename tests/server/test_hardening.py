@@ -1,0 +1,219 @@
+"""Hostile requests get a 4xx with a V2 error body (or a closed connection), and the
+server answers a good request right after each. Real server, real sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from serving import running
+from torchrig.settings import ServeSettings
+
+GOOD = json.dumps(
+    {
+        "inputs": [
+            {"name": "dense", "datatype": "FP32", "shape": [1, 13], "data": [0.5] * 13},
+            {"name": "sparse", "datatype": "INT64", "shape": [1, 26], "data": list(range(26))},
+        ]
+    }
+).encode()
+LIMITS = {
+    "max_header_kb": 16.0,
+    "max_headers": 40,
+    "header_timeout_s": 0.5,
+    "body_timeout_s": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def hardened(demo_repo: Path) -> Iterator[str]:
+    settings = ServeSettings(port=0, log_format="text", max_body_mb=1.0, **LIMITS)
+    with running(demo_repo, settings) as (url, _):
+        yield url
+
+
+def still_serves(url: str) -> None:
+    response = httpx.post(f"{url}/v2/models/ranker/infer", content=GOOD, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+def v2_error(response: httpx.Response, status: int, fragment: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert fragment in response.json()["error"], response.text
+
+
+def raw(url: str, data: bytes, *, timeout_s: float = 10.0) -> bytes:
+    """Send bytes on a fresh connection; everything the server answers until it closes."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as sock:
+        if data:
+            sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v2/models/ranker/infer", DEEP),
+        ("/v2/models/ranker/infer", '{"inputs": [], "parameters": {"p": ' + DEEP + "}}"),
+        ("/v2/repository/index", DEEP),  # unauthenticated
+    ],
+)
+def test_deeply_nested_json_is_a_400_with_a_v2_body(hardened: str, path: str, body: str) -> None:
+    response = httpx.post(f"{hardened}{path}", content=body.encode(), timeout=30)
+    assert response.status_code == 400, response.text
+    assert "error" in response.json()
+    still_serves(hardened)
+
+
+# (surrounding spaces are HTTP's optional whitespace: the parser strips them)
+@pytest.mark.parametrize("value", ["\u00b2\u00b3", "+12", "1_2", "-1", "0x1", "1 2"])
+def test_inference_header_content_length_takes_ascii_digits_only(hardened: str, value: str) -> None:
+    response = httpx.post(
+        f"{hardened}/v2/models/ranker/infer",
+        content=GOOD,
+        headers={"Inference-Header-Content-Length": value.encode("latin-1")},  # type: ignore[dict-item]
+        timeout=30,
+    )
+    v2_error(response, 400, "Inference-Header-Content-Length")
+    still_serves(hardened)
+
+
+@pytest.mark.parametrize("version", ["01", "+1", "1_0", "%201", "1.0"])
+def test_versions_are_strict_integers(hardened: str, version: str) -> None:
+    response = httpx.post(f"{hardened}/v2/models/ranker/versions/{version}/infer", content=GOOD)
+    assert response.status_code in (400, 404), response.text
+    assert "error" in response.json()
+    assert httpx.post(f"{hardened}/v2/models/ranker/versions/1/infer", content=GOOD).is_success
+
+
+def test_float_data_as_strings_is_refused(hardened: str) -> None:
+    body = json.loads(GOOD)
+    body["inputs"][0]["data"] = ["1.5", "NaN"] + [0.5] * 11
+    response = httpx.post(f"{hardened}/v2/models/ranker/infer", content=json.dumps(body))
+    v2_error(response, 400, "must be numbers")
+    still_serves(hardened)
+
+
+@pytest.mark.parametrize("shape", [[2**63 - 1, 0], [2**31, 2**31, 0]])
+@pytest.mark.parametrize("binary", [False, True])
+def test_empty_tensors_with_huge_dims_are_a_400(
+    hardened: str, shape: list[int], binary: bool
+) -> None:
+    model = "classifier" if len(shape) == 3 else "ranker"
+    wire: dict[str, Any] = {"name": "dense", "datatype": "FP32", "shape": shape}
+    if binary:
+        wire["parameters"] = {"binary_data_size": 0}
+    else:
+        wire["data"] = []
+    head = json.dumps({"inputs": [wire]}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head))} if binary else {}
+    response = httpx.post(f"{hardened}/v2/models/{model}/infer", content=head, headers=headers)
+    assert response.status_code == 400, response.text
+    still_serves(hardened)
+
+
+def test_bytes_inputs_are_refused_before_their_data_is_parsed(hardened: str) -> None:
+    count = 200_000  # empty BYTES elements: 4 bytes each
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "sparse", "datatype": "BYTES", "shape": [count],
+                 "parameters": {"binary_data_size": 4 * count}},
+            ]
+        }
+    ).encode()  # fmt: skip
+    response = httpx.post(
+        f"{hardened}/v2/models/ranker/infer",
+        content=head + bytes(4 * count),
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    v2_error(response, 400, "datatype BYTES, expected INT64")
+    still_serves(hardened)
+
+
+def test_a_header_block_past_the_limit_is_a_431(hardened: str) -> None:
+    huge = b"x-filler: " + b"a" * (64 * 1024) + b"\r\n"
+    answer = raw(hardened, b"GET /v2 HTTP/1.1\r\nhost: t\r\n" + huge + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"--max-header-kb" in answer
+    still_serves(hardened)
+
+
+def test_a_header_streamed_past_the_limit_is_cut_off_with_a_431(hardened: str) -> None:
+    parts = urlsplit(hardened)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nhost: t\r\nx-filler: ")
+        sent = 0
+        try:
+            while sent < 64 * 1024 * 1024:  # the server refuses long before this
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:  # the server closed the connection: the refusal is what we read
+            pass
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert sent < 64 * 1024 * 1024
+    # the 431 is written before the close; a reset of the unread upload may lose it
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    still_serves(hardened)
+
+
+def test_too_many_header_fields_is_a_431(hardened: str) -> None:
+    fields = b"".join(b"x-h%d: 1\r\n" % i for i in range(LIMITS["max_headers"] + 1))  # type: ignore[operator]
+    answer = raw(hardened, b"GET /v2 HTTP/1.1\r\nhost: t\r\n" + fields + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"--max-headers" in answer
+    still_serves(hardened)
+
+
+@pytest.mark.parametrize(
+    ("sent", "which"),
+    [
+        (b"", "--header-timeout-s"),  # connected, then silent
+        (b"POST /v2/models/ranker/infer HTTP/1.1\r\nhost: t\r\n", "--header-timeout-s"),
+        (
+            b"POST /v2/models/ranker/infer HTTP/1.1\r\nhost: t\r\ncontent-length: 900\r\n\r\n{",
+            "--body-timeout-s",
+        ),
+    ],
+    ids=["idle", "partial-head", "partial-body"],
+)
+def test_slow_clients_are_answered_408_and_closed(hardened: str, sent: bytes, which: str) -> None:
+    # the socket's own timeout (10 s) is the test's deadline; the server closes at 0.5 s
+    answer = raw(hardened, sent)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert which.encode() in answer
+    still_serves(hardened)
+
+
+def test_connections_past_the_cap_get_a_503(demo_repo: Path) -> None:
+    settings = ServeSettings(port=0, log_format="text", max_connections=2)
+    with running(demo_repo, settings) as (url, _):
+        parts = urlsplit(url)
+        idle = [socket.create_connection((parts.hostname, parts.port)) for _ in range(2)]
+        try:
+            response = httpx.get(f"{url}/v2", headers={"connection": "close"})
+            assert response.status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        assert httpx.get(f"{url}/v2", headers={"connection": "close"}).status_code == 200
