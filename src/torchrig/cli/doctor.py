@@ -36,15 +36,24 @@ MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (see README).")
 @click.option("--json-schema", is_flag=True, help="Print the JSON Schema of --json and exit.")
 @click.option(
+    "--explain",
+    "explain_id",
+    metavar="CHECK_ID",
+    help="Print what one check judges, the facts it reads and the sources behind its rules, "
+    "and exit (e.g. --explain gpu.arch).",
+)
+@click.option(
     "--config",
     type=click.Path(path_type=Path, dir_okay=False),
     help="TOML settings file with a [doctor] table [env TORCHRIG_CONFIG].",
 )
 def doctor(
+    *,
     from_file: Path | None,
     save_snapshot: Path | None,
     as_json: bool,
     json_schema: bool,
+    explain_id: str | None,
     config: Path | None,
     **options: Any,
 ) -> None:
@@ -58,6 +67,15 @@ def doctor(
 
     if json_schema:
         emit_json(msgspec.json.schema(Report))
+        return
+    if explain_id is not None:
+        from torchrig.doctor.explain import explain_check
+
+        explanation = explain_check(explain_id)
+        if as_json:
+            emit_json(explanation)
+        else:
+            render_explanation(explanation)
         return
     settings = load_settings(config_file=config, overrides={"doctor": options}).doctor
     if settings.probe_timeout_s <= 0:
@@ -118,6 +136,8 @@ def render(report: Any) -> None:
     table.add_column("finding / fix")
     for res in report.checks:
         finding = Text(res.message)
+        if res.cause:
+            finding.append(f"\ncause: see {res.cause}", style="bold")
         if res.fix and res.status in ("warn", "fail"):
             finding.append("\nfix: ", style="bold")
             finding.append(res.fix)
@@ -135,3 +155,21 @@ def render(report: Any) -> None:
     if not report.deep:
         verdict.append("  — add --deep to launch kernels and probe SDPA and NCCL", style="dim")
     out.print(verdict)
+
+
+def render_explanation(explanation: Any) -> None:
+    """`--explain` for people: what the check judges, its facts, its sources."""
+    out = console()
+    deep = " (--deep only)" if explanation.deep else ""
+    out.print(Text(f"{explanation.id}{deep}", style="bold"))
+    out.print(f"judges: {explanation.judges}")
+    out.print("facts it reads: " + (", ".join(explanation.facts) or "none"))
+    out.print("sources behind its rules:")
+    for note in explanation.sources:
+        line = Text(f"  - {note.name}: ", style="bold")
+        line.append(note.source, style="")
+        if note.detail:
+            line.append(f" [{note.detail}]", style="dim")
+        if note.verified is False:
+            line.append(" (verified: false)", style="yellow")
+        out.print(line)

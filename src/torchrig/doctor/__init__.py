@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from torchrig import __version__
+from torchrig.doctor.attribution import attribute
 from torchrig.doctor.model import (
     EXIT_FAIL,
     EXIT_OK,
@@ -56,6 +57,7 @@ def diagnose(
     results: list[CheckResult] = []
     for check in CHECKS:
         results.extend(_run(check, ctx))
+    results = attribute(results)
     counts = {s: sum(1 for r in results if r.status == s) for s in ("ok", "warn", "fail", "skip")}
     if counts["fail"]:
         verdict, code = "fail", EXIT_FAIL

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from torchrig.compat.model import host_arch
+from torchrig.compat.platforms import load_platforms
 from torchrig.doctor.model import CheckResult, Status
+from torchrig.errors import UnknownVersionError
 from torchrig.facts.libraries import is_from_wheel
 from torchrig.facts.model import GpuFacts, Snapshot
+
+# what a per-GPU judgement returns: status, message (without the GPU's label), fix
+GpuVerdict = tuple[Status, str, str | None]
 
 GIB = 1024**3
 MIB = 1024**2
@@ -16,8 +24,12 @@ def result(
     message: str,
     fix: str | None = None,
     subject: str | None = None,
+    *,
+    cause: str | None = None,
 ) -> CheckResult:
-    return CheckResult(id=check_id, status=status, message=message, fix=fix, subject=subject)
+    return CheckResult(
+        id=check_id, status=status, message=message, fix=fix, subject=subject, cause=cause
+    )
 
 
 def skip(check_id: str, reason: str) -> list[CheckResult]:
@@ -36,6 +48,88 @@ def driver_version(snapshot: Snapshot) -> str | None:
 def gpu_label(gpu: GpuFacts) -> str:
     cc = f", sm_{gpu.compute_capability.replace('.', '')}" if gpu.compute_capability else ""
     return f"GPU {gpu.index} {gpu.name}{cc}"
+
+
+def _index_ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 3, 6] -> '0-3,6'."""
+    parts: list[str] = []
+    start = prev = indices[0]
+    for index in [*indices[1:], -2]:
+        if index == prev + 1:
+            prev = index
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = index
+    return ",".join(parts)
+
+
+def group_label(gpus: list[GpuFacts]) -> str:
+    """'GPU 0 NVIDIA H100, sm_90' for one GPU, 'GPU 0-7: 8x NVIDIA H100, sm_90' for a group."""
+    if len(gpus) == 1:
+        return gpu_label(gpus[0])
+    first = gpus[0]
+    cc = f", sm_{first.compute_capability.replace('.', '')}" if first.compute_capability else ""
+    indices = _index_ranges(sorted(g.index for g in gpus))
+    return f"GPU {indices}: {len(gpus)}x {first.name}{cc}"
+
+
+def group_subject(gpus: list[GpuFacts]) -> str:
+    return "gpu" + _index_ranges(sorted(g.index for g in gpus))
+
+
+def per_gpu(
+    check_id: str, gpus: list[GpuFacts], judge: Callable[[GpuFacts], GpuVerdict | None]
+) -> list[CheckResult]:
+    """One result per group of GPUs that are the same model and get the same verdict.
+
+    Eight identical GPUs give one row ("GPU 0-7: 8x NVIDIA H100 ..."), not eight.
+    """
+    groups: dict[tuple[str, str | None, Status, str, str | None], list[GpuFacts]] = {}
+    for gpu in gpus:
+        verdict = judge(gpu)
+        if verdict is None:
+            continue
+        groups.setdefault((gpu.name, gpu.compute_capability, *verdict), []).append(gpu)
+    return [
+        result(check_id, status, f"{group_label(members)}: {message}", fix, group_subject(members))
+        for (_name, _cc, status, message, fix), members in groups.items()
+    ]
+
+
+def gpu_models_text(gpus: list[GpuFacts]) -> str:
+    """'8x NVIDIA H100 80GB HBM3 (sm_90)' / 'GPU 0 ..., GPU 1 ...' grouped by model."""
+    models: dict[tuple[str, str | None], list[GpuFacts]] = {}
+    for gpu in gpus:
+        models.setdefault((gpu.name, gpu.compute_capability), []).append(gpu)
+    return ", ".join(group_label(members) for members in models.values())
+
+
+def machine(snapshot: Snapshot) -> str:
+    """The host architecture as torch keys its wheels: 'x86_64' or 'aarch64'."""
+    return host_arch(snapshot.os.machine)
+
+
+def jetson_gpus(snapshot: Snapshot) -> list[GpuFacts]:
+    """The integrated Jetson GPUs (Orin, Thor) of the snapshot."""
+    platforms = load_platforms()
+    found = []
+    for gpu in snapshot.gpus:
+        try:
+            if platforms.is_jetson(gpu.compute_capability):
+                found.append(gpu)
+        except UnknownVersionError:
+            continue
+    return found
+
+
+def jetpack_system_libraries(snapshot: Snapshot) -> bool:
+    """Whether this is a Jetson whose torch wheels use JetPack's CUDA libraries (Orin)."""
+    platforms = load_platforms()
+    return any(
+        platform.system_libraries
+        for gpu in jetson_gpus(snapshot)
+        for platform in platforms.jetson_platforms(gpu.compute_capability or "")
+    )
 
 
 def cuda_visible_devices(snapshot: Snapshot) -> str | None:

@@ -31,7 +31,9 @@ class CheckResult(msgspec.Struct, frozen=True, kw_only=True):
     status: Status
     message: str  # what was found, with the numbers
     fix: str | None = None  # what to do, when status is warn or fail
-    subject: str | None = None  # "gpu0", "cuda:1", "libcudnn"; None: the whole machine
+    subject: str | None = None  # "gpu0", "gpu0-7", "libcudnn"; None: the whole machine
+    # the id of the more specific check that found the cause of this failure, if any
+    cause: str | None = None
 
 
 class Summary(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,3 +78,5 @@ class Check:
     description: str
     func: CheckFunc
     deep: bool = False  # judges --deep probe results
+    facts: tuple[str, ...] = ()  # the snapshot fields it reads (for --explain)
+    sources: tuple[str, ...] = ()  # knowledge behind its rules: data files, torch source, docs

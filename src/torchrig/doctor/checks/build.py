@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 from torchrig import compat
-from torchrig.doctor.context import driver_version, result, skip, visible_gpus
-from torchrig.doctor.cuda_errors import explain
+from torchrig.doctor.context import gpu_models_text, jetson_gpus, result, skip, visible_gpus
+from torchrig.doctor.cuda_errors import describe_cause, explain
 from torchrig.doctor.model import CheckContext, CheckResult, Status
+from torchrig.doctor.suggest import suggest_build
 from torchrig.errors import UnknownVersionError
 
-
-def suggest_build(ctx: CheckContext, release: str | None = None) -> str | None:
-    """A pip command for a build that runs on every visible GPU with this driver, if any."""
-    snap = ctx.snapshot
-    ccs = sorted({g.compute_capability for g in snap.gpus if g.compute_capability})
-    if not ccs:
-        return None
-    driver = driver_version(snap)
-    candidates: list[compat.BuildChoice] | None = None
-    for cc in ccs:
-        choices = compat.builds_for(cc, release=release, driver=driver)
-        if candidates is None:
-            candidates = choices
-        else:
-            keep = {(c.torch_version, c.variant) for c in choices}
-            candidates = [c for c in candidates if (c.torch_version, c.variant) in keep]
-    if not candidates:
-        return None
-    return candidates[0].pip_command
-
-
-def _release_of(version: str) -> str | None:
-    try:
-        return compat.parse_torch_version(version).release
-    except UnknownVersionError:
-        return None
+# NVIDIA's JetPack wheels carry a local tag like "872d972e41.nv24.08"
+_JETPACK_TAG = ".nv2"
 
 
 def check_torch_installed(ctx: CheckContext) -> list[CheckResult]:
@@ -54,24 +31,31 @@ def check_torch_build(ctx: CheckContext) -> list[CheckResult]:
     known = ""
     try:
         parsed = compat.parse_torch_version(torch.version)
-        if compat.load_kb().release(parsed.release) is None:
+        if _JETPACK_TAG in (parsed.variant or "") and jetson_gpus(snap):
+            known = " (an NVIDIA JetPack wheel: judged by what it reports)"
+        elif compat.load_kb().release(parsed.release) is None:
             known = (
                 f" (torch {parsed.release} is not in the knowledge base; judged by what it reports)"
             )
     except UnknownVersionError:
         known = " (version not understood by the knowledge base; judged by what it reports)"
     if torch.hip is not None:
+        if not snap.gpus:
+            return [result("torch.build", "ok", f"ROCm (HIP {torch.hip}) build{known}")]
         return [
             result(
                 "torch.build",
-                "warn" if snap.gpus else "ok",
-                f"ROCm (HIP {torch.hip}) build: it cannot use NVIDIA GPUs{known}",
-                suggest_build(ctx, _release_of(torch.version)) if snap.gpus else None,
+                "fail",
+                f"torch {torch.version} is a ROCm (HIP {torch.hip}) build: it cannot use the "
+                f"NVIDIA GPUs of this machine ({gpu_models_text(snap.gpus)}), so everything "
+                f"runs on the CPU{known}",
+                suggest_build(ctx)
+                or "install a CUDA build of torch from https://download.pytorch.org/whl/",
             )
         ]
     if torch.cuda is None:
         if snap.gpus:
-            fix = suggest_build(ctx, _release_of(torch.version)) or suggest_build(ctx)
+            fix = suggest_build(ctx)
             names = ", ".join(sorted({g.name for g in snap.gpus}))
             return [
                 result(
@@ -91,7 +75,8 @@ def check_cuda_init(ctx: CheckContext) -> list[CheckResult]:
     torch = snap.torch
     if torch is None or torch.cuda is None:
         return skip("torch.cuda_init", "not a CUDA build of torch")
-    if not snap.gpus and not torch.cuda_available:
+    seen_gpu = bool(snap.gpus or snap.container.device_nodes or torch.cuda_init_error)
+    if not seen_gpu and not torch.cuda_available:
         return skip("torch.cuda_init", "no NVIDIA GPU on this machine")
     error = torch.cuda_init_error
     if torch.cuda_available and not error:
@@ -125,7 +110,7 @@ def check_cuda_init(ctx: CheckContext) -> list[CheckResult]:
         result(
             "torch.cuda_init",
             "fail",
-            f"CUDA does not initialise: {text} — cause: {known.cause}",
+            f"CUDA does not initialise: {text} — cause: {describe_cause(known, text)}",
             known.fix,
         )
     ]

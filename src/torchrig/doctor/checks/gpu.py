@@ -1,21 +1,27 @@
-"""Checks of the GPUs: visible at all, hidden by CUDA_VISIBLE_DEVICES, architecture, driver,
-MIG, persistence and memory health."""
+"""Checks of the GPUs: visible at all, hidden by CUDA_VISIBLE_DEVICES, architecture, MIG,
+persistence and memory health. Identical GPUs with the same verdict share one row."""
 
 from __future__ import annotations
 
 from torchrig import compat
-from torchrig.doctor.checks.build import suggest_build
+from torchrig.doctor.checks.driver import REBOOT_FIX, mismatch_text
 from torchrig.doctor.context import (
+    GpuVerdict,
     cuda_build,
     cuda_visible_devices,
     driver_version,
-    gpu_label,
+    gpu_models_text,
+    human_bytes,
+    jetson_gpus,
+    machine,
+    per_gpu,
     result,
     skip,
     visible_gpus,
 )
 from torchrig.doctor.model import CheckContext, CheckResult
-from torchrig.errors import UnknownVersionError
+from torchrig.doctor.suggest import installed_build, suggest_build
+from torchrig.facts.model import GpuFacts
 
 GPU_ACCESS_FIX = (
     "start the container with GPU access: `docker run --gpus all` (NVIDIA container "
@@ -28,8 +34,20 @@ def check_gpu_visible(ctx: CheckContext) -> list[CheckResult]:
     snap = ctx.snapshot
     container = snap.container
     if snap.gpus:
-        names = ", ".join(gpu_label(g) for g in snap.gpus)
-        return [result("gpu.visible", "ok", f"{len(snap.gpus)} GPU(s): {names}")]
+        return [
+            result("gpu.visible", "ok", f"{len(snap.gpus)} GPU(s): {gpu_models_text(snap.gpus)}")
+        ]
+    mismatch = mismatch_text(snap)
+    if mismatch is not None:
+        return [
+            result(
+                "gpu.visible",
+                "fail",
+                f"the driver cannot be queried: {mismatch}",
+                REBOOT_FIX,
+                cause="driver.userspace_match",
+            )
+        ]
     if container.device_nodes:
         return [
             result(
@@ -105,64 +123,63 @@ def check_cuda_visible_devices(ctx: CheckContext) -> list[CheckResult]:
     ]
 
 
-def check_driver(ctx: CheckContext) -> list[CheckResult]:
-    snap = ctx.snapshot
-    cuda = cuda_build(snap)
-    driver = driver_version(snap)
-    if cuda is None:
-        return skip("driver.cuda", "not a CUDA build of torch")
-    if driver is None:
-        return skip("driver.cuda", "no NVIDIA driver found")
-    support = compat.driver_support(cuda, driver)
-    if support.status == "ok":
-        return [result("driver.cuda", "ok", support.message)]
-    if support.status == "minor-compat":
-        return [result("driver.cuda", "warn", support.message, support.fix)]
-    if support.status == "insufficient":
-        fix = support.fix or ""
-        alternative = suggest_build(ctx)
-        if alternative and alternative not in fix:
-            fix = f"{fix}; or a build this driver supports: {alternative}".lstrip("; ")
-        return [result("driver.cuda", "fail", support.message, fix or None)]
-    # unknown to the knowledge base: fall back on what the driver itself reports
-    driver_cuda = snap.driver.cuda_version if snap.driver else None
-    if driver_cuda is not None:
-        try:
-            too_old = compat.parse_cc(driver_cuda)[0] < compat.parse_cc(cuda)[0]
-        except UnknownVersionError:
-            too_old = False
-        if too_old:
-            return [
-                result(
-                    "driver.cuda",
-                    "fail",
-                    f"driver {driver} supports CUDA {driver_cuda}, older than the build's "
-                    f"CUDA {cuda} major ({support.message})",
-                    "upgrade the driver or install a torch build for CUDA "
-                    f"{driver_cuda.split('.')[0]}.x",
-                )
-            ]
-    return [result("driver.cuda", "warn", support.message, support.fix)]
+def _table_list(ctx: CheckContext) -> list[str] | None:
+    """The installed torch's own arch table entry for its CUDA and this host, if it has one."""
+    torch = ctx.snapshot.torch
+    if torch is None or torch.cuda is None:
+        return None
+    codes = torch.release_arch_table.get(torch.cuda, {}).get(machine(ctx.snapshot))
+    return [f"sm_{code}" for code in codes] if codes else None
 
 
-def _arch_list(ctx: CheckContext) -> tuple[list[str], str]:
+def _kb_list(ctx: CheckContext) -> tuple[list[str] | None, str]:
+    build = installed_build(ctx.snapshot)
+    if build is None or build.variant is None:
+        return None, ""
+    info = compat.load_kb().variant(build.version, build.variant)
+    if info is None:
+        return None, ""
+    host = machine(ctx.snapshot)
+    return info.arch_list_for(host), f"{build.release} {build.variant} on {host}"
+
+
+def _arch_list(ctx: CheckContext) -> tuple[list[str], str, str]:
+    """The build's architectures, where they come from, and a note when the knowledge base
+    disagrees with torch's own table (torch's is trusted)."""
     torch = ctx.snapshot.torch
     if torch is None:
-        return [], ""
+        return [], "", ""
+    table = _table_list(ctx)
+    kb_list, which = _kb_list(ctx)
+    note = ""
+    if table is not None and kb_list is not None:
+        kb_sass = {a for a in kb_list if a.startswith("sm_")}
+        if kb_sass != set(table):
+            note = (
+                f"; note: the knowledge base's list for {which} ({' '.join(kb_list)}) differs "
+                f"from torch's own table ({' '.join(table)}), which is trusted"
+            )
+    host = machine(ctx.snapshot)
     if torch.arch_list:
-        return list(torch.arch_list), "the build's arch list"
-    try:
-        parsed = compat.parse_torch_version(torch.version)
-    except UnknownVersionError:
-        return [], ""
-    if parsed.variant is None:
-        return [], ""
-    info = compat.load_kb().variant(parsed.version, parsed.variant)
-    if info is None:
-        return [], ""
-    archs = [f"sm_{a.replace('.', '')}" for a in info.sass]
-    archs += [f"compute_{a.replace('.', '')}" for a in info.ptx]
-    return archs, f"the knowledge base's arch list for {parsed.variant}"
+        return list(torch.arch_list), "the build's arch list", note
+    if table is not None:
+        return table, f"torch's own table for CUDA {torch.cuda} on {host}", note
+    if kb_list is not None:
+        return kb_list, f"the knowledge base's arch list for {which}", note
+    return [], "", note
+
+
+def _arch_fix(ctx: CheckContext, cc: str) -> str:
+    fix = suggest_build(ctx)
+    if fix:
+        return fix
+    other = suggest_build(ctx, use_driver=False)
+    if other:
+        return f"upgrade the driver (see driver.cuda), then {other}"
+    return (
+        f"no torch build in the knowledge base has code for compute capability {cc}: build "
+        f"torch from source with TORCH_CUDA_ARCH_LIST={cc}"
+    )
 
 
 def check_gpu_arch(ctx: CheckContext) -> list[CheckResult]:
@@ -172,90 +189,63 @@ def check_gpu_arch(ctx: CheckContext) -> list[CheckResult]:
     gpus = visible_gpus(snap)
     if not gpus:
         return skip("gpu.arch", "no visible GPU")
-    archs, origin = _arch_list(ctx)
+    archs, origin, note = _arch_list(ctx)
     if not archs:
-        return skip("gpu.arch", "the build's architecture list is unknown")
+        host = machine(snap)
+        return skip("gpu.arch", f"the build's architecture list for {host} is unknown{note}")
     driver = driver_version(snap)
     ptx_ok = True
-    if driver is not None and snap.torch is not None and snap.torch.cuda is not None:
-        ptx_ok = compat.driver_support(snap.torch.cuda, driver).status == "ok"
-    release = None
-    if snap.torch is not None:
-        try:
-            release = compat.parse_torch_version(snap.torch.version).release
-        except UnknownVersionError:
-            release = None
-    results: list[CheckResult] = []
-    for gpu in gpus:
-        subject = f"gpu{gpu.index}"
+    torch_cuda = snap.torch.cuda if snap.torch is not None else None
+    # a Jetson's JetPack driver is judged by driver.cuda, not by the desktop tables
+    if driver is not None and torch_cuda is not None and not jetson_gpus(snap):
+        ptx_ok = compat.driver_support(torch_cuda, driver).status == "ok"
+
+    def judge(gpu: GpuFacts) -> GpuVerdict:
         if gpu.compute_capability is None:
-            results.append(
-                result("gpu.arch", "skip", "compute capability unknown", subject=subject)
-            )
-            continue
+            return "skip", "compute capability unknown", None
         support = compat.arch_support(archs, gpu.compute_capability, ptx_jit_allowed=ptx_ok)
-        label = gpu_label(gpu)
         if support.runs and support.how == "ptx-jit":
-            results.append(
-                result(
-                    "gpu.arch",
-                    "warn",
-                    f"{label}: no SASS for it in {origin}; runs only by JIT-compiling "
-                    f"{support.via} PTX (slow first start, may miss newer kernels)",
-                    suggest_build(ctx, release),
-                    subject,
-                )
+            return (
+                "warn",
+                f"no SASS for it in {origin}; runs only by JIT-compiling {support.via} PTX "
+                f"(slow first start, may miss newer kernels){note}",
+                suggest_build(ctx),
             )
-        elif support.runs:
-            results.append(result("gpu.arch", "ok", f"{label}: {support.message}", None, subject))
-        else:
-            fix = suggest_build(ctx, release) or suggest_build(ctx)
-            results.append(
-                result(
-                    "gpu.arch",
-                    "fail",
-                    f"{label}: {support.message} — kernels fail with 'no kernel image is "
-                    "available for execution on the device'",
-                    fix or "no known torch build runs on this GPU with this driver",
-                    subject,
-                )
-            )
-    return results
+        if support.runs:
+            return "ok", f"{support.message} ({origin}){note}", None
+        return "fail", f"{support.message} ({origin}){note}", _arch_fix(ctx, gpu.compute_capability)
+
+    return per_gpu("gpu.arch", gpus, judge)
 
 
 def check_mig(ctx: CheckContext) -> list[CheckResult]:
     gpus = ctx.snapshot.gpus
     if not gpus:
         return skip("gpu.mig", "no GPU on this machine")
-    results: list[CheckResult] = []
-    for gpu in gpus:
+
+    def judge(gpu: GpuFacts) -> GpuVerdict | None:
         if not gpu.mig_enabled:
-            continue
-        subject = f"gpu{gpu.index}"
-        if not gpu.mig_devices:
-            results.append(
-                result(
-                    "gpu.mig",
-                    "warn",
-                    f"{gpu_label(gpu)}: MIG mode is on but no MIG instance exists, so CUDA "
-                    "sees no device on this GPU",
-                    "create GPU instances (nvidia-smi mig -cgi ... -C) or disable MIG "
-                    "(nvidia-smi -i N -mig 0)",
-                    subject,
-                )
+            return None
+        if gpu.mig_devices == 0:
+            return (
+                "warn",
+                "MIG mode is on but no MIG instance exists, so CUDA sees no device on this GPU",
+                "create GPU instances (nvidia-smi mig -cgi ... -C) or disable MIG "
+                "(nvidia-smi -i N -mig 0)",
             )
-        else:
-            results.append(
-                result(
-                    "gpu.mig",
-                    "ok",
-                    f"{gpu_label(gpu)}: MIG with {gpu.mig_devices} instance(s); a process "
-                    "uses one instance (select it by MIG UUID), and NCCL does not run across "
-                    "instances",
-                    subject=subject,
-                )
-            )
-    return results or [result("gpu.mig", "ok", "MIG is off on every GPU")]
+        count = f"{gpu.mig_devices} instance(s)" if gpu.mig_devices else "instances"
+        whole = f" {human_bytes(gpu.memory_total_bytes)}" if gpu.memory_total_bytes else ""
+        return (
+            "warn",
+            f"MIG is on with {count}: a process sees one MIG instance, not the GPU; NCCL "
+            "cannot run across instances (no collectives between slices); memory and SMs are "
+            f"the slice's share, not the whole GPU's{whole}",
+            "give each process one instance with CUDA_VISIBLE_DEVICES=MIG-<uuid> (`nvidia-smi "
+            "-L` lists the UUIDs; the Kubernetes device plugin does it per pod); for multi-GPU "
+            "jobs or NCCL, disable MIG (`nvidia-smi -i N -mig 0`) and reset the GPU",
+        )
+
+    return per_gpu("gpu.mig", gpus, judge) or [result("gpu.mig", "ok", "MIG is off on every GPU")]
 
 
 def check_persistence(ctx: CheckContext) -> list[CheckResult]:
@@ -284,41 +274,30 @@ def check_gpu_health(ctx: CheckContext) -> list[CheckResult]:
     gpus = ctx.snapshot.gpus
     if not gpus:
         return skip("gpu.health", "no GPU on this machine")
-    results: list[CheckResult] = []
-    for gpu in gpus:
-        subject = f"gpu{gpu.index}"
-        label = gpu_label(gpu)
+    if all(g.source != "nvml" for g in gpus):
+        return skip("gpu.health", "NVML is unavailable, so ECC and row remapping cannot be read")
+
+    def judge(gpu: GpuFacts) -> GpuVerdict | None:
         if gpu.remapped_rows_failure:
-            results.append(
-                result(
-                    "gpu.health",
-                    "fail",
-                    f"{label}: row remapping failed: the memory is degraded",
-                    "drain the node and have the GPU serviced (RMA)",
-                    subject,
-                )
+            return (
+                "fail",
+                "row remapping failed: the memory is degraded",
+                "drain the node and have the GPU serviced (RMA)",
             )
-        elif gpu.remapped_rows_pending or gpu.retired_pages_pending:
-            results.append(
-                result(
-                    "gpu.health",
-                    "warn",
-                    f"{label}: memory rows/pages are pending retirement after ECC errors",
-                    "drain the node and reset the GPU (nvidia-smi -r) or reboot to apply",
-                    subject,
-                )
+        if gpu.remapped_rows_pending or gpu.retired_pages_pending:
+            return (
+                "warn",
+                "memory rows/pages are pending retirement after ECC errors",
+                "drain the node and reset the GPU (nvidia-smi -r) or reboot to apply",
             )
-        elif gpu.ecc_uncorrected_volatile:
-            results.append(
-                result(
-                    "gpu.health",
-                    "warn",
-                    f"{label}: {gpu.ecc_uncorrected_volatile} uncorrectable ECC error(s) "
-                    "since the driver loaded",
-                    "check dmesg for Xid 48/63/64 and drain the node if they recur",
-                    subject,
-                )
+        if gpu.ecc_uncorrected_volatile:
+            return (
+                "warn",
+                f"{gpu.ecc_uncorrected_volatile} uncorrectable ECC error(s) since the driver "
+                "loaded",
+                "check dmesg for Xid 48/63/64 and drain the node if they recur",
             )
-    if results:
-        return results
-    return [result("gpu.health", "ok", "no ECC or memory-retirement problems reported")]
+        return None
+
+    found = per_gpu("gpu.health", gpus, judge)
+    return found or [result("gpu.health", "ok", "no ECC or memory-retirement problems reported")]
