@@ -75,3 +75,14 @@ def test_blackwell_needs_r570_and_soname_majors() -> None:
     assert platforms.soname_major(12, "libcublas") == "12"
     assert platforms.soname_major(12, "libcufft") == "11"
     assert platforms.soname_major(11, "libcublas") is None
+
+
+def test_compat_check_on_a_jetson_names_the_jetpack_wheels() -> None:
+    from torchrig.compat import check
+
+    report = check(torch="2.9.1+cu128", gpu="Jetson AGX Orin")
+    arch = next(f for f in report.findings if f.topic == "arch")
+    assert arch.status == "fail"
+    assert arch.fix is not None
+    assert "JetPack" in arch.fix
+    assert "sm_87" in arch.fix

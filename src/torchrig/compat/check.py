@@ -12,6 +12,7 @@ from torchrig.compat.model import (
     VariantInfo,
     Verdict,
 )
+from torchrig.compat.platforms import jetson_wheels_text, load_platforms
 from torchrig.compat.rules import arch_support, driver_support
 from torchrig.compat.versions import (
     TorchBuild,
@@ -104,6 +105,10 @@ def _fix_for(
         return (
             f"install torch {others[0].torch_version}+{others[0].variant}: {others[0].pip_command}"
         )
+    jetson = load_platforms().jetson_platforms(target.cc_text)
+    wheels = jetson_wheels_text(jetson)
+    if wheels is not None:
+        return f"a Jetson GPU: install the torch wheels built for its JetPack: {wheels}"
     return None
 
 

@@ -209,7 +209,7 @@ def check_gpu_arch(ctx: CheckContext) -> list[CheckResult]:
                 "warn",
                 f"no SASS for it in {origin}; runs only by JIT-compiling {support.via} PTX "
                 f"(slow first start, may miss newer kernels){note}",
-                suggest_build(ctx),
+                suggest_build(ctx) or _arch_fix(ctx, gpu.compute_capability),
             )
         if support.runs:
             return "ok", f"{support.message} ({origin}){note}", None
