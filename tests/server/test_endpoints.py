@@ -67,17 +67,67 @@ def test_json_infer_equals_the_in_process_model(server: tuple[str, Any], demo_re
     assert out["data"] == pytest.approx(expected_ranker(demo_repo, GOOD), rel=1e-6)
 
 
+def _compress(raw: bytes, encoding: str) -> bytes:
+    return gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-def test_compressed_bodies(server: tuple[str, Any], encoding: str) -> None:
+def test_compressed_json_bodies_give_the_models_answer(
+    server: tuple[str, Any], demo_repo: Path, encoding: str
+) -> None:
     url, _ = server
-    raw = json.dumps(GOOD).encode()
-    packed = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+    dense = [0.1 * i for i in range(39)]
+    sparse = [7 * i for i in range(78)]
+    body = {
+        "inputs": [
+            {"name": "dense", "datatype": "FP32", "shape": [3, 13], "data": dense},
+            {"name": "sparse", "datatype": "INT64", "shape": [3, 26], "data": sparse},
+        ]
+    }
     response = httpx.post(
         f"{url}/v2/models/ranker/versions/1/infer",
-        content=packed,
+        content=_compress(json.dumps(body).encode(), encoding),
         headers={"content-encoding": encoding},
     )
     assert response.status_code == 200, response.text
+    (out,) = response.json()["outputs"]
+    assert out["shape"] == [3, 1]
+    assert out["data"] == pytest.approx(expected_ranker(demo_repo, body), rel=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_binary_bodies_give_the_models_answer(
+    server: tuple[str, Any], encoding: str
+) -> None:
+    """The binary extension compressed as a whole: the header length is of the plain body."""
+    url, _ = server
+    x = torch.arange(-24, 24, dtype=torch.bfloat16).reshape(6, 8)
+    raw = x.view(torch.int16).numpy().tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "BF16",
+                    "shape": [6, 8],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    response = httpx.post(
+        f"{url}/v2/models/halver/infer",
+        content=_compress(header + raw, encoding),
+        headers={
+            "content-encoding": encoding,
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    y = torch.frombuffer(bytearray(response.content[length:]), dtype=torch.bfloat16)
+    assert torch.equal(y.reshape(6, 8), x * 0.5)
 
 
 def test_metrics_after_traffic(server: tuple[str, Any]) -> None:
@@ -230,7 +280,8 @@ def test_shutting_down_turns_readiness_off_and_refuses_new_work(demo_repo: Path)
 
     with running(demo_repo, ServeSettings(port=0, log_format="text")) as (url, state):
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200
-        state.shutting_down = True  # what SIGTERM does first
+        # what the SIGTERM handler sets first; test_shutdown.py sends the real signal
+        state.shutting_down = True
         ready = httpx.get(f"{url}/v2/health/ready")
         assert ready.status_code == 503
         assert "shutting down" in ready.json()["error"]
