@@ -3,6 +3,7 @@ test needs (503s, chunked bodies, not V2 at all), and the CLI run as a user runs
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -129,18 +130,48 @@ async def chunked(receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body[10:]})
 
 
+STALL_S = 0.5  # how long the "stall" stub holds its first infer request
+
+
+def stall_first() -> Infer:
+    """The first infer request is held STALL_S (a stalling server: a GC pause, a
+    recompile), every later one answered at once."""
+    held = [False]
+
+    async def infer(receive: Any, send: Any) -> None:
+        if not held[0]:
+            held[0] = True
+            await asyncio.sleep(STALL_S)
+        await _send(send, 200, json.dumps(ECHO_ANSWER).encode())
+
+    return infer
+
+
+async def hang(receive: Any, send: Any) -> None:
+    """Every infer request: no answer until the client goes away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 @pytest.fixture
 def stub_server() -> Callable[[str], Any]:
     """`stub_server(mode)`: a context manager yielding the URL of a real HTTP server
     (uvicorn, OS-assigned port) that serves model "echo" and answers every infer request
-    with 503 (mode "unavailable") or a chunked 200 ("chunked"), or is no V2 server at all
-    ("not_v2": 404 everywhere)."""
+    with 503 (mode "unavailable") or a chunked 200 ("chunked"), holds the first one
+    STALL_S ("stall") or every one until the client leaves ("hang"), or is no V2 server
+    at all ("not_v2": 404 everywhere)."""
     return _stub_server
 
 
 @contextmanager
 def _stub_server(mode: str) -> Iterator[str]:
-    infer = {"unavailable": unavailable, "chunked": chunked, "not_v2": unavailable}[mode]
+    infer = {
+        "unavailable": unavailable,
+        "chunked": chunked,
+        "stall": stall_first(),
+        "hang": hang,
+        "not_v2": unavailable,
+    }[mode]
     config = uvicorn.Config(_app(infer, v2=mode != "not_v2"), log_config=None, access_log=False)
     server = uvicorn.Server(config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

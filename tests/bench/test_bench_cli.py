@@ -18,6 +18,7 @@ import pytest
 Bench = Callable[..., subprocess.CompletedProcess[str]]
 BenchJson = Callable[..., dict[str, Any]]
 Stub = Callable[[str], Any]
+STALL_S = 0.5  # the "stall" stub server's hold (tests/bench/conftest.py)
 SHORT = ("--duration", "1", "--warmup", "0.2")
 
 
@@ -80,8 +81,43 @@ def test_open_loop_counts_scheduled_late_and_dropped(
     assert level["rate"] == 40
     assert level["arrival"] == "poisson"
     assert level["scheduled"] > 0
-    assert level["late"] >= 0
-    assert level["dropped"] >= 0
+
+
+OPEN_LOOP_ONE_CONNECTION = (
+    "--model", "echo", "--rate", "50", "--arrival", "constant", "--max-connections", "1",
+    "--duration", "1", "--warmup", "0",
+)  # fmt: skip
+
+
+def test_a_stalling_server_is_charged_for_the_requests_it_held_back(
+    bench_json: BenchJson, stub_server: Stub
+) -> None:
+    """Coordinated omission: the stub holds its first request STALL_S while arrivals every
+    20 ms queue behind it on the one connection. Timed from their schedule, a quarter of
+    the requests waited at least half the stall; timed from their send, only one would."""
+    with stub_server("stall") as url:
+        document = bench_json(url, *OPEN_LOOP_ONE_CONNECTION)
+    (level,) = document["levels"]
+    assert level["ok"] > 0
+    assert level["errors"] == 0
+    # the arrivals scheduled during the stall (every 20 ms for 0.5 s) were all sent late
+    assert level["late"] >= 20, level
+    latency = level["latency_ms"]
+    assert latency["max"] >= STALL_S * 1000, latency
+    assert latency["p90"] >= STALL_S * 1000 / 2, latency
+
+
+def test_arrivals_never_sent_are_dropped(bench: Bench, stub_server: Stub) -> None:
+    """A server that holds the one connection to the end: every later arrival is dropped,
+    and the run says every request failed rather than reporting a latency."""
+    with stub_server("hang") as url:
+        proc = bench(url, *OPEN_LOOP_ONE_CONNECTION, "--json")
+    assert proc.returncode == 1, proc.stderr
+    (level,) = json.loads(proc.stdout)["levels"]
+    assert level["scheduled"] >= 45, level  # 50/s for 1 s
+    assert level["ok"] == 0
+    assert level["dropped"] >= level["scheduled"] - 2, level  # all but the held one
+    assert proc.stderr.startswith("Error: every request failed")
 
 
 def test_fixed_interval_arrivals_over_two_processes(server_url: str, bench_json: BenchJson) -> None:
