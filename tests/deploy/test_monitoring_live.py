@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -28,7 +29,7 @@ from torchrig.deploy.monitoring import (
     dashboard,
     data_text,
 )
-from torchrig.server.gpu_metrics import NvmlCollector, TorchAllocatorCollector
+from torchrig.server.gpu_metrics import NvmlCollector, TorchAllocatorCollector, _Gpu
 
 METRIC = re.compile(r"\btorchrig_[a-z0-9_]+")
 LISTENING = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
@@ -75,16 +76,84 @@ def referenced_metrics() -> dict[str, set[str]]:
     return uses
 
 
+class OneGpuNvml:
+    """Answers as nvidia-ml-py does for one healthy GPU: what the NVML collector reads on a
+    GPU node, so that on a CPU machine too its series are collected, not only described."""
+
+    class NVMLError(Exception):
+        pass
+
+    @staticmethod
+    def nvmlDeviceGetUtilizationRates(handle: object) -> SimpleNamespace:
+        return SimpleNamespace(gpu=37, memory=12)
+
+    @staticmethod
+    def nvmlDeviceGetMemoryInfo(handle: object) -> SimpleNamespace:
+        return SimpleNamespace(used=6 << 30, total=80 << 30, free=74 << 30)
+
+    @staticmethod
+    def nvmlDeviceGetPowerUsage(handle: object) -> int:
+        return 312_000  # milliwatts
+
+    @staticmethod
+    def nvmlDeviceGetTemperature(handle: object, sensor: int) -> int:
+        return 54
+
+    @staticmethod
+    def nvmlShutdown() -> None:
+        return None
+
+
+class OneDeviceCuda:
+    """Answers as torch.cuda does in a process that has initialised one device."""
+
+    @staticmethod
+    def is_initialized() -> bool:
+        return True
+
+    @staticmethod
+    def device_count() -> int:
+        return 1
+
+    @staticmethod
+    def memory_allocated(index: int) -> int:
+        return 1 << 30
+
+    @staticmethod
+    def memory_reserved(index: int) -> int:
+        return 2 << 30
+
+
+def collected_gpu_series() -> set[str]:
+    """The sample names the GPU collectors yield on a node with one GPU in use."""
+    gpu = _Gpu(index="0", uuid="GPU-0000", handle=object())
+    names: set[str] = set()
+    for collector in (NvmlCollector(OneGpuNvml(), [gpu]), TorchAllocatorCollector(OneDeviceCuda())):
+        names |= {sample.name for family in collector.collect() for sample in family.samples}
+    return names
+
+
 def exported_metrics(url: str) -> set[str]:
-    """Sample names in the server's real /metrics, plus the GPU series it exports where
-    NVML and CUDA are present (described by its collectors; on a GPU node they are scraped)."""
+    """Sample names in the server's real /metrics, plus the GPU series its collectors
+    yield where NVML and CUDA are present (collected from them with a one-GPU NVML and
+    torch.cuda; on a GPU node the real scrape has them too)."""
     text = httpx.get(f"{url}/metrics").text
     names = {
         sample.name for family in text_string_to_metric_families(text) for sample in family.samples
     }
-    for collector in (NvmlCollector(None, []), TorchAllocatorCollector()):
-        names |= {family.name for family in collector.describe()}
-    return names
+    return names | collected_gpu_series()
+
+
+def test_the_gpu_series_are_collected_not_only_described() -> None:
+    assert collected_gpu_series() == {
+        "torchrig_gpu_utilization_ratio",
+        "torchrig_gpu_memory_used_bytes",
+        "torchrig_gpu_memory_total_bytes",
+        "torchrig_gpu_power_watts",
+        "torchrig_gpu_temperature_celsius",
+        "torchrig_torch_allocated_bytes",
+        "torchrig_torch_reserved_bytes",
+    }
 
 
 def test_every_referenced_metric_is_exported(busy_server: str) -> None:

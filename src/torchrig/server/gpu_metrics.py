@@ -139,23 +139,34 @@ class NvmlCollector(Collector):
 
 
 class TorchAllocatorCollector(Collector):
-    """Bytes held by torch's CUDA caching allocator, per device, once CUDA is initialised."""
+    """Bytes held by torch's CUDA caching allocator, per device, once CUDA is initialised.
+
+    `cuda` answers as `torch.cuda` does (is_initialized, device_count, memory_allocated,
+    memory_reserved); by default it is `torch.cuda`, looked up at each scrape and only if
+    torch is already imported.
+    """
+
+    def __init__(self, cuda: Any = None) -> None:
+        self._cuda = cuda
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return list(_torch_families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        torch = sys.modules.get("torch")  # importing torch from a scrape would take seconds
-        if torch is None:
-            return
+        cuda = self._cuda
+        if cuda is None:
+            torch = sys.modules.get("torch")  # importing torch from a scrape takes seconds
+            if torch is None:
+                return
+            cuda = torch.cuda
         try:
-            if not torch.cuda.is_initialized():  # never create a CUDA context from a scrape
+            if not cuda.is_initialized():  # never create a CUDA context from a scrape
                 return
             allocated, reserved = _torch_families()
-            for index in range(torch.cuda.device_count()):
+            for index in range(cuda.device_count()):
                 device = f"cuda:{index}"
-                allocated.add_metric([device], float(torch.cuda.memory_allocated(index)))
-                reserved.add_metric([device], float(torch.cuda.memory_reserved(index)))
+                allocated.add_metric([device], float(cuda.memory_allocated(index)))
+                reserved.add_metric([device], float(cuda.memory_reserved(index)))
         except Exception:  # a scrape boundary: a failing allocator query must not fail /metrics
             log.exception("torch allocator metrics failed")
             return
