@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,8 @@ from torchrig.repository.config import parse_config
 
 @pytest.fixture(scope="module")
 def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    started = time.monotonic()
-    repo = build_demo_repository(tmp_path_factory.mktemp("demo") / "repo")
-    assert time.monotonic() - started < 60  # about 2 s on a 2-core box; a generous ceiling
-    return repo
+    # how long this takes: python benchmarks/demo_build.py
+    return build_demo_repository(tmp_path_factory.mktemp("demo") / "repo")
 
 
 def test_ranker_is_deterministic_and_outputs_probabilities() -> None:

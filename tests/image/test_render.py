@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,15 +137,12 @@ def test_hadolint_passes_on_every_rendered_dockerfile(
         path.write_text(_render(spec, fake_constraints).files["Dockerfile"])
         paths.append(path)
     ignores = [arg for rule in IGNORED_HADOLINT_RULES for arg in ("--ignore", rule)]
-    start = time.monotonic()
     proc = subprocess.run(
         [hadolint, "--no-color", *ignores, *map(str, paths)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "", proc.stdout  # no warning or info either
-    assert elapsed < 60, f"hadolint took {elapsed:.1f}s for {len(paths)} files"
 
 
 def test_hadolint_would_catch_a_root_image(
