@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from torchrig.demo import DemoRanker, TinyImageClassifier, build_demo_repository
+from torchrig.errors import PackError
 from torchrig.packaging import load_program, read_manifest, verify_version
 from torchrig.repository.config import parse_config
 
@@ -70,9 +71,21 @@ def test_demo_versions_verify_and_serve_any_batch(demo_repo: Path, model: str) -
     assert next(iter(outputs.values())).shape[0] == 33
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed"
-)
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+# Not a test dependency: the only torchvision for torch 2.13 on PyPI (0.28.0) is built
+# against the CUDA torch and does not import beside the CPU wheel the dev extra pins
+# ("operator torchvision::nms does not exist"), and no CPU build is reachable from CI.
+NO_TORCHVISION = "torchvision is not installed (no CPU build for torch 2.13 on PyPI)"
+
+
+def test_torchvision_models_without_torchvision_name_the_fix(tmp_path: Path) -> None:
+    if HAS_TORCHVISION:
+        pytest.skip("torchvision is installed: the next test packs its models")
+    with pytest.raises(PackError, match=r"needs torchvision; install the build that matches"):
+        build_demo_repository(tmp_path / "repo", include_torchvision=True)
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason=NO_TORCHVISION)
 def test_torchvision_models_pack_when_asked(tmp_path: Path) -> None:
     repo = build_demo_repository(tmp_path / "repo", include_torchvision=True)
     assert {"resnet50", "vit_b_16"} <= {p.name for p in repo.iterdir()}
