@@ -41,8 +41,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
-OFF_LOOP_BYTES = 256 * 1024  # bodies from this size on are decoded in a thread
+OFF_LOOP_BYTES = 256 * 1024  # JSON parts from this size on are decoded in a thread
 LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
+WATCH_AFTER_S = 0.005  # a request still queued after this starts watching for disconnects
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 JSON = "application/json"
 MODEL = r"(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -373,9 +374,12 @@ class V2App:
             specs=served.manifest.inputs,
             accept=declared,
         )
-        if len(body) < OFF_LOOP_BYTES and headers.get("content-encoding") is None:
+        # binary tensors are viewed or copied in one go, but JSON becomes Python objects:
+        # a large JSON part (or a compressed body) is parsed in a thread, a few at a time
+        json_part = len(body) if header_length is None else header_length
+        if json_part < OFF_LOOP_BYTES and headers.get("content-encoding") is None:
             request = decode()
-        else:  # large: parse in a thread, a few at a time (their Python objects are big)
+        else:
             async with self._large_decodes():
                 request = await asyncio.to_thread(decode)
         for name, value in request.inputs.items():
@@ -447,25 +451,42 @@ async def _unless_disconnected(
     task: asyncio.Future[dict[str, Any]], receive: Receive
 ) -> dict[str, Any] | None:
     """Await a queued request's future, or cancel it (None) if the client disconnects
-    first (the body was read: the next ASGI message can only be http.disconnect)."""
-    watcher: asyncio.Future[Any] = asyncio.ensure_future(receive())
-    both: set[asyncio.Future[Any]] = {task, watcher}
+    first (the body was read: the next ASGI message can only be http.disconnect).
+
+    Most requests are answered within milliseconds, so the disconnect watcher (a task
+    reading the next ASGI message) starts only if this one is still waiting after
+    `WATCH_AFTER_S`: a task and an `asyncio.wait` per request cost more than the rest of
+    the event loop's share of a small request."""
+    loop = asyncio.get_running_loop()
+    gone = False
+    watcher: asyncio.Future[Any] | None = None
+
+    def on_message(message: asyncio.Future[Any]) -> None:
+        nonlocal gone
+        if message.cancelled() or message.exception() is not None:
+            return
+        if message.result().get("type") == "http.disconnect" and not task.done():
+            gone = True
+            task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        if not task.done():
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(on_message)
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
     try:
-        done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
-        raise
-    if task in done:
-        watcher.cancel()
-        outputs: dict[str, Any] = task.result()
-        return outputs
-    message = watcher.result()
-    if message.get("type") != "http.disconnect":  # pragma: no cover - nothing else comes
         return await task
-    task.cancel()
-    log.debug("client went away: its request is dropped")
-    return None
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # this handler itself was cancelled: the future went with it
+        log.debug("client went away: its request is dropped")
+        return None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 def _naming_worker(send: Send, pid: bytes) -> Send:
