@@ -84,13 +84,18 @@ def test_flavours_add_what_they_promise(fake_constraints: Fake) -> None:
     assert int(sshd["Port"]) > 1024
     assert "jupyterlab" in dev["requirements.txt"]
 
+    assert sshd["PermitUserEnvironment"] == "yes"  # sessions get the container's environment
+    assert "$HOME/.ssh/environment" in dev["dev-start.sh"]
+
     serve = _render(_spec("2.9.1", "12.8", "serve"), fake_constraints).files
-    assert "HEALTHCHECK" in serve["Dockerfile"]
-    assert "/v2/health/ready" in serve["Dockerfile"]
+    assert 'CMD ["/usr/local/bin/torchrig-healthcheck"]' in serve["Dockerfile"]
+    assert "/v2/health/ready" in serve["healthcheck.py"]
+    assert "TORCHRIG_SERVE_HOST=0.0.0.0" in serve["Dockerfile"]  # a published port reaches it
+    assert "TORCHRIG_SERVE_PORT" in serve["healthcheck.py"]  # and the healthcheck asks it
     assert "EXPOSE 8000" in serve["Dockerfile"]
     assert 'ENTRYPOINT ["/usr/local/bin/torchrig-entrypoint"]' in serve["Dockerfile"]
     assert 'CMD ["torchrig", "serve", "/models"]' in serve["Dockerfile"]
-    assert "torchrig==" in serve["requirements.txt"]
+    assert "torchrig[s3,gcs]==" in serve["requirements.txt"]  # s3:// and gs:// repositories
     assert "entrypoint.sh" in serve
 
 
@@ -101,14 +106,14 @@ def test_pythons_other_than_ubuntus_come_from_a_pinned_uv(fake_constraints: Fake
 
 
 def test_constraints_must_be_exact_pins_of_this_image(fake_constraints: Fake) -> None:
-    spec = _spec("2.9.1", "12.8", "dev")
+    spec = _spec("2.9.1", "12.6", "dev")
     good = fake_constraints(spec)
     with pytest.raises(UsageError, match=r"line 3: 'numpy>=2' is not an exact pin"):
         render_context(spec, good.replace("numpy==2.3.4", "numpy>=2"))
     with pytest.raises(
-        UsageError, match=r"pins torch 2\.9\.1\+cu126, but the image is torch 2\.9\.1\+cu128"
+        UsageError, match=r"pins torch 2\.9\.1\+cu128, but the image is torch 2\.9\.1\+cu126"
     ):
-        render_context(spec, good.replace("cu128", "cu126"))
+        render_context(spec, good.replace("cu126", "cu128"))
     header = (
         "# torchrig image constraints: torch 2.9.1+cu128 (CUDA 12.8), flavour dev, Python 3.11, x\n"
     )

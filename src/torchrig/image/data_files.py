@@ -41,6 +41,9 @@ class ImageData(msgspec.Struct, frozen=True):
     uv_image: str
     uv_source: str
     uv_verified: bool
+    cpu_base: str
+    cpu_base_source: str
+    cpu_base_verified: bool
 
     def cuda_patch(self, cuda: str) -> CudaPatch | None:
         """The base-image toolkit patch for CUDA `12.8`, or None when the file lacks it."""

@@ -67,22 +67,46 @@ class IndexUnreachableError(TorchrigError):
     exit_code = 3
 
 
-def requirements_for(spec: ImageSpec) -> list[str]:
-    """The top-level requirements the image installs (requirements.txt in the context)."""
+# the extras a serve image carries: the fsspec file systems of s3:// and gs:// repositories
+SERVE_EXTRAS = ("s3", "gcs")
+
+
+def requirements_for(spec: ImageSpec, *, torchrig_spec: str | None = None) -> list[str]:
+    """The top-level requirements the image installs (requirements.txt in the context).
+
+    A serve image installs torchrig with its storage extras, from the wheel put into the
+    context or, with `torchrig_spec`, as that requirement from the package index.
+    """
     reqs = [spec.torch_pin, "numpy"]
     if spec.flavour == "dev":
         reqs.append("jupyterlab")
     if spec.flavour == "serve":
-        reqs.append(f"torchrig=={__version__}")
+        if torchrig_spec is not None:
+            try:
+                req = Requirement(torchrig_spec)
+            except InvalidRequirement as exc:
+                raise UsageError(f"--torchrig-spec {torchrig_spec!r}: {exc}") from None
+            if canonicalize_name(req.name) != "torchrig":
+                raise UsageError(
+                    f"--torchrig-spec {torchrig_spec!r} names {req.name}, not torchrig; give "
+                    "e.g. 'torchrig[s3,gcs]==0.1.0'"
+                )
+            reqs.append(torchrig_spec)
+        else:
+            reqs.append(f"torchrig[{','.join(SERVE_EXTRAS)}]=={__version__}")
     return reqs
 
 
 def _torchrig_dependencies() -> list[str]:
-    """torchrig's own runtime dependencies, from this installation's metadata."""
+    """torchrig's runtime dependencies and those of the serve extras, from its metadata."""
     found = []
     for text in importlib.metadata.requires("torchrig") or []:
         req = Requirement(text)
         if req.marker is not None and "extra" in str(req.marker):
+            if not any(req.marker.evaluate({"extra": extra}) for extra in SERVE_EXTRAS):
+                continue
+            req.marker = None
+            found.append(str(req))
             continue
         found.append(text)
     return found
@@ -189,16 +213,26 @@ def resolve(spec: ImageSpec, *, index_url: str | None = None, resolver: str = "a
     from_pypi = rel is not None and rel.pypi_default == spec.variant
     pins.pop("torch", None)
     if not from_pypi:
-        pins = {name: ver for name, ver in pins.items() if not _is_variant_specific(name)}
+        # torch pins its own CUDA packages; what the image asks for directly stays pinned
+        # (torchrig's nvidia-ml-py is an nvidia-* package that torch does not pin)
+        direct = {canonicalize_name(Requirement(text).name) for text in reqs}
+        pins = {
+            name: ver
+            for name, ver in pins.items()
+            if name in direct or not _is_variant_specific(name)
+        }
     if spec.flavour == "serve":
         pins["torchrig"] = __version__
     lines = [
-        f"# torchrig image constraints: torch {spec.torch_version}+{spec.variant} "
-        f"(CUDA {spec.cuda}), flavour {spec.flavour}, Python {spec.python}, linux x86_64",
+        f"# torchrig image constraints: torch {spec.torch_label} "
+        f"({'CPU' if spec.is_cpu else 'CUDA ' + spec.cuda}), flavour {spec.flavour}, "
+        f"Python {spec.python}, linux x86_64",
         f"# resolved {datetime.date.today().isoformat()} by {tool} (torchrig {__version__});"
         " regenerate with `torchrig image lock`",
     ]
-    if not from_pypi:
+    if spec.is_cpu:
+        lines.append(f"# the CPU build of torch comes from {spec.index_url}")
+    elif not from_pypi:
         lines.append(
             f"# nvidia-*, cuda-* and triton are pinned exactly by {spec.torch_pin} itself "
             f"and come from {spec.index_url}"
@@ -242,7 +276,7 @@ def check_constraints(spec: ImageSpec, text: str, source: str) -> dict[str, str]
             f"{spec.python}; regenerate it with `torchrig image lock --python {spec.python}`"
         )
     have = pins.get("torch")
-    wanted = f"{spec.torch_version}+{spec.variant}"
+    wanted = spec.torch_pin.removeprefix("torch==")
     if have != wanted:
         raise UsageError(
             f"{source} pins torch {have or '(nothing)'}, but the image is torch {wanted}; "

@@ -19,26 +19,33 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from torchrig.compat import load_kb, parse_driver, parse_torch_version
 from torchrig.compat.kb import KnowledgeBase
 from torchrig.compat.model import DriverRequirement, TorchRelease, VariantInfo, VariantStatus
 from torchrig.compat.versions import compare_driver, parse_cuda, variant_cuda
 from torchrig.errors import UsageError
-from torchrig.image.data_files import load_image_data
+from torchrig.image.data_files import ImageData, load_image_data
 
 Flavour = Literal["runtime", "dev", "serve"]
 BaseKind = Literal["base", "runtime", "cudnn-runtime"]
+PythonSource = Literal["auto", "distro", "uv"]
 FLAVOURS: tuple[Flavour, ...] = get_args(Flavour)
 BASE_KINDS: tuple[BaseKind, ...] = get_args(BaseKind)
+PYTHON_SOURCES: tuple[PythonSource, ...] = get_args(PythonSource)
+CPU = "cpu"  # the --cuda value (and wheel variant) of torch's CPU-only build
+CPU_INDEX_URL = "https://download.pytorch.org/whl/cpu"
 # A loose image reference check for --base (the strict grammar is in tags.py).
 _BASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
-    """One validated image: torch build, CUDA, flavour, Python, base image and driver floor."""
+    """One validated image: torch build, CUDA (or `cpu`), flavour, Python, base and driver floor.
+
+    A CPU image has `variant == cuda == "cpu"`, no CUDA patch and no driver requirement.
+    """
 
     torch_version: str
     release: str
@@ -51,21 +58,52 @@ class ImageSpec:
     with_compiler: bool
     base_image: str
     base_verified: bool
-    min_driver: str
+    min_driver: str | None
     driver_floor: str | None
     index_url: str
     cudnn: str | None
     nccl: str | None
+    pypi_default: bool = False
+    python_source: PythonSource = "auto"
+
+    @property
+    def is_cpu(self) -> bool:
+        """Whether this is the CPU variant (torch's +cpu wheel, no CUDA base, no driver)."""
+        return self.variant == CPU
 
     @property
     def torch_pin(self) -> str:
-        """The exact requirement of the CUDA wheel: torch==2.9.1+cu128."""
+        """The exact requirement of the torch wheel: torch==2.9.1+cu128, torch==2.13.0+cpu.
+
+        The variant PyPI publishes (the release's default) is pinned without the local label
+        (torch==2.14.1): PyPI's wheel and the CUDA index's +cu130 are the same build, and
+        the pin then matches either, so a plain PyPI mirror can serve the image.
+        """
+        if self.pypi_default:
+            return f"torch=={self.torch_version}"
         return f"torch=={self.torch_version}+{self.variant}"
 
     @property
+    def torch_label(self) -> str:
+        """torch's version with its variant: 2.9.1+cu128."""
+        return f"{self.torch_version}+{self.variant}"
+
+    @property
+    def accelerator_label(self) -> str:
+        """The tag part naming the accelerator: cuda12.8, or cpu."""
+        return CPU if self.is_cpu else f"cuda{self.cuda}"
+
+    @property
     def uses_distro_python(self) -> bool:
-        """Whether Python comes from Ubuntu (3.12) rather than the pinned uv installer."""
-        return self.python == load_image_data().distro_python
+        """Whether Python comes from the base's distribution rather than the pinned uv installer.
+
+        `auto` means the distribution's when the Python is the default base's (3.12 on
+        Ubuntu 24.04); for another base (Debian 12 has 3.11, Debian 13 has 3.13) say
+        `distro` explicitly.
+        """
+        if self.python_source == "auto":
+            return self.python == load_image_data().distro_python
+        return self.python_source == "distro"
 
     @property
     def compiler(self) -> bool:
@@ -211,16 +249,23 @@ def resolve_spec(
     base: str | None = None,
     base_kind: str = "base",
     allow_experimental: bool = False,
+    python_source: str = "auto",
 ) -> ImageSpec:
     """Validate one image against the knowledge base; refuse with the reason and nearest choices.
 
     `torch` is a release (2.9: its newest patch) or a version (2.9.1, or 2.9.1+cu128);
-    `cuda` is X.Y (default: the variant PyPI's torch wheel has for that release).
+    `cuda` is X.Y (default: the variant PyPI's torch wheel has for that release) or `cpu`.
     """
     if flavour not in FLAVOURS:
         raise UsageError(f"unknown flavour {flavour!r}; use one of {', '.join(FLAVOURS)}")
     if base_kind not in BASE_KINDS:
         raise UsageError(f"unknown base kind {base_kind!r}; use one of {', '.join(BASE_KINDS)}")
+    if python_source not in PYTHON_SOURCES:
+        raise UsageError(
+            f"unknown Python source {python_source!r}; use one of {', '.join(PYTHON_SOURCES)}"
+        )
+    if base is not None and not _BASE_RE.match(base):
+        raise UsageError(f"--base {base!r} is not an image reference like registry/name:tag")
     data = load_image_data()
     python = python or data.distro_python
     if python not in data.pythons:
@@ -229,6 +274,18 @@ def resolve_spec(
         )
     kb = load_kb()
     rel, patch, local = _release(kb, torch)
+    common: dict[str, Any] = {
+        "release": rel.release,
+        "flavour": flavour,
+        "python": python,
+        "with_compiler": with_compiler,
+        "driver_floor": driver_floor,
+        "python_source": python_source,
+    }
+    if (cuda or "").lower() == CPU or local == CPU:
+        return _cpu_spec(
+            rel, patch=patch, cuda=cuda, local=local, base=base, data=data, common=common
+        )
     info = _pick_variant(rel, patch or rel.release, cuda, local)
     version = patch or info.latest_patch
     if version not in info.patches:
@@ -251,24 +308,55 @@ def resolve_spec(
         raise UsageError(
             f"no nvidia/cuda base image is recorded for CUDA {info.cuda}; pass --base IMAGE"
         )
-    if base is not None and not _BASE_RE.match(base):
-        raise UsageError(f"--base {base!r} is not an image reference like registry/name:tag")
     base_image = base or f"{data.base_repository}:{cuda_patch.patch}-{base_kind}-{data.base_os}"
     return ImageSpec(
         torch_version=version,
-        release=rel.release,
         variant=info.variant,
         cuda=info.cuda,
         cuda_patch=cuda_patch.patch,
         status=info.status,
-        flavour=flavour,
-        python=python,
-        with_compiler=with_compiler,
         base_image=base_image,
         base_verified=base is not None or cuda_patch.verified,
         min_driver=req.min_driver,
-        driver_floor=driver_floor,
         index_url=info.index_url,
         cudnn=info.cudnn,
         nccl=info.nccl,
+        pypi_default=info.pypi_default,
+        **common,
+    )
+
+
+def _cpu_spec(
+    rel: TorchRelease,
+    *,
+    patch: str | None,
+    cuda: str | None,
+    local: str | None,
+    base: str | None,
+    data: ImageData,
+    common: dict[str, Any],
+) -> ImageSpec:
+    """The CPU variant: torch's +cpu wheel on a plain OS base, the same pins otherwise."""
+    if local is not None and local != CPU:
+        raise UsageError(
+            f"--torch {patch}+{local} is a CUDA build but --cuda is {cuda}; give one of them"
+        )
+    if common["driver_floor"] is not None:
+        raise UsageError(
+            "--driver-floor applies to CUDA images only; a CPU image runs on any driver (drop "
+            "the option, or give --cuda X.Y for a GPU image)"
+        )
+    return ImageSpec(
+        torch_version=patch or rel.latest_patch,
+        variant=CPU,
+        cuda=CPU,
+        cuda_patch="",
+        status="stable",
+        base_image=base or data.cpu_base,
+        base_verified=base is not None or data.cpu_base_verified,
+        min_driver=None,
+        index_url=CPU_INDEX_URL,
+        cudnn=None,
+        nccl=None,
+        **common,
     )

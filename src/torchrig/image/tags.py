@@ -1,4 +1,4 @@
-"""Image tags by one rule: `<registry>/pytorch:<torch>-cuda<X.Y>-<flavour>[-<suffix>]`.
+"""Image tags by one rule: `<registry>/pytorch:<torch>-{cuda<X.Y>,cpu}-<flavour>[-<suffix>]`.
 
 Registry and suffix are checked against the OCI distribution reference grammar
 (github.com/distribution/reference), so a tag torchrig prints is one a registry takes.
@@ -53,7 +53,7 @@ def validate_suffix(suffix: str) -> str:
 
 def tag_for(spec: ImageSpec, registry: str | None = None, suffix: str | None = None) -> str:
     """The image's tag by the rule, e.g. `registry.example.com/ml/pytorch:2.9.1-cuda12.8-serve`."""
-    tag = f"{spec.torch_version}-cuda{spec.cuda}-{spec.flavour}"
+    tag = f"{spec.torch_version}-{spec.accelerator_label}-{spec.flavour}"
     if suffix:
         tag += "-" + validate_suffix(suffix)
     if not _TAG_RE.match(tag):

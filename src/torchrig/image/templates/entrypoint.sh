@@ -1,9 +1,10 @@
 #!/bin/sh
 # torchrig serve image entrypoint: prove the container can run its PyTorch build on its
 # GPUs (the quick doctor, under 2 s), then replace this shell with the server command.
-# The doctor reads TORCHRIG_DOCTOR_* variables; TORCHRIG_DOCTOR_REQUIRE_GPU defaults to
-# true here, so a pod scheduled without a GPU stops at once with the cause and the fix.
-# TORCHRIG_DOCTOR_REQUIRE_GPU=false starts without a GPU (e.g. a CPU smoke test).
+# The doctor reads TORCHRIG_DOCTOR_* variables; in CUDA images TORCHRIG_DOCTOR_REQUIRE_GPU
+# is true, so a pod scheduled without a GPU stops at once with the cause and the fix
+# (TORCHRIG_DOCTOR_REQUIRE_GPU=false starts without a GPU, e.g. a CPU smoke test); in CPU
+# images it is false.
 set -eu
 
 TORCHRIG_DOCTOR_REQUIRE_GPU="${TORCHRIG_DOCTOR_REQUIRE_GPU:-true}"
