@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from torchrig import __version__
 from torchrig.cli import main
 
 
@@ -103,7 +105,7 @@ def test_matrix_table() -> None:
 
 def test_render_with_constraints_writes_a_context(tmp_path: Path) -> None:
     constraints = tmp_path / "constraints.txt"
-    constraints.write_text("torch==2.9.1+cu128\nnumpy==2.3.4\ntorchrig==0.1.0\n")
+    constraints.write_text("torch==2.9.1\nnumpy==2.3.4\ntorchrig==0.1.0\n")
     result = _run("render", "--torch", "2.9.1", "--cuda", "12.8", "--flavour", "serve",
                   "--constraints", str(constraints), "-o", str(tmp_path / "ctx"))  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -113,8 +115,22 @@ def test_render_with_constraints_writes_a_context(tmp_path: Path) -> None:
     )
     names = {p.name for p in (tmp_path / "ctx").iterdir()}
     assert names == {"Dockerfile", "constraints.txt", "requirements.txt", "verify_pins.py",
-                     "entrypoint.sh", ".dockerignore"}  # fmt: skip
+                     "entrypoint.sh", "healthcheck.py", ".dockerignore", "wheels"}  # fmt: skip
     assert os.access(tmp_path / "ctx" / "entrypoint.sh", os.X_OK)
+    # torchrig is on no public index: the serve context carries a wheel of this torchrig
+    wheel = tmp_path / "ctx" / "wheels" / f"torchrig-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert "torchrig/image/render.py" in names
+    assert f"torchrig-{__version__}.dist-info/METADATA" in names
+
+
+def test_render_is_offline_and_asks_for_the_lock(tmp_path: Path) -> None:
+    line = _one_line_error(_run("render", "--torch", "2.9.1", "--cuda", "12.8", "-o",
+                                str(tmp_path / "ctx")))  # fmt: skip
+    assert "render is offline" in line
+    assert "torchrig image lock --torch 2.9.1 --cuda 12.8" in line
+    assert not (tmp_path / "ctx").exists()
 
 
 def test_render_refuses_a_loose_constraints_file(tmp_path: Path) -> None:
@@ -125,18 +141,35 @@ def test_render_refuses_a_loose_constraints_file(tmp_path: Path) -> None:
     assert "not an exact pin" in line
 
 
-def test_build_without_a_docker_engine_is_a_clear_error(tmp_path: Path) -> None:
+def test_build_without_any_engine_is_a_clear_error(tmp_path: Path) -> None:
     context = tmp_path / "ctx"
     context.mkdir()
     (context / "Dockerfile").write_text("FROM scratch\n")
-    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    empty = tmp_path / "bin"  # a PATH with no docker, buildah or podman on it
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     result = subprocess.run(
         [sys.executable, "-m", "torchrig", "image", "build", str(context), "--tag",
          "registry.example.com/pytorch:2.9.1-cuda12.8-runtime"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     line = _one_line_error(result)
-    assert "no Docker engine is reachable" in line or "no docker client" in line
+    assert "no OCI engine here can build images" in line
+    assert "no docker on PATH; no buildah on PATH; no podman on PATH" in line
+
+
+def test_build_refuses_a_missing_secret_file_and_bad_build_args(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\n")
+    tag = "registry.example.com/pytorch:2.9.1-cuda12.8-runtime"
+    line = _one_line_error(_run("build", str(context), "--tag", tag, "--secret",
+                                f"id=netrc,src={tmp_path / 'absent'}"))  # fmt: skip
+    assert "is not a file" in line
+    line = _one_line_error(_run("build", str(context), "--tag", tag, "--build-arg", "NOVALUE"))
+    assert "must be KEY=VALUE" in line
+    line = _one_line_error(_run("build", str(context), "--tag", tag, "--secret", "src=/x"))
+    assert "needs id=NAME" in line
 
 
 def test_build_needs_a_rendered_context(tmp_path: Path) -> None:

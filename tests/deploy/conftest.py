@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from referencing import Registry, Resource
 
 from serving import running
+from system_tools import require_tool
 from torchrig.demo import build_demo_repository
 from torchrig.settings import ServeSettings
 
@@ -31,8 +31,8 @@ CRD_SCHEMAS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice.json",
 }
 INSTALL_PROMETHEUS = (
-    "{tool} is not installed: the monitoring tests need Debian's prometheus package "
-    "(apt-get install -y --no-install-recommends prometheus), as .ci/run installs it"
+    "the monitoring tests need Debian's prometheus package "
+    "(apt-get install -y --no-install-recommends prometheus)"
 )
 
 # resource quantities as the Kubernetes API server parses them (the pattern apimachinery
@@ -105,10 +105,7 @@ def validate_manifest() -> Validate:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(INSTALL_PROMETHEUS.format(tool=name))
-    return path
+    return require_tool(name, INSTALL_PROMETHEUS)
 
 
 @pytest.fixture(scope="session")
