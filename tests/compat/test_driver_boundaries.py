@@ -11,6 +11,7 @@ plain integer tuples, not from the code under test.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,14 @@ def test_driver_support_at_the_boundary(case: Case) -> None:
     assert support.status == case.status, (case, support.message)
     assert support.min_driver == case.min_driver
     assert support.floor == case.floor
+
+
+@pytest.fixture(autouse=True)
+def _no_torchrig_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI runs in this process: settings from the caller's TORCHRIG_* variables
+    (a CI job's TORCHRIG_DOCTOR_REQUIRE_GPU, say) must not change its verdicts."""
+    for name in [n for n in os.environ if n.startswith("TORCHRIG_")]:
+        monkeypatch.delenv(name)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
