@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from torchrig.image.lock import requirements_for
+from torchrig import __version__
 from torchrig.image.render import IGNORED_HADOLINT_RULES, render_context
 from torchrig.image.spec import ImageSpec, resolve_spec
 
@@ -30,7 +30,7 @@ def constraints_for(spec: ImageSpec) -> str:
     if spec.flavour == "dev":
         lines.append("jupyterlab==4.4.10")
     if spec.flavour == "serve":
-        lines.append(requirements_for(spec)[-1])
+        lines.append(f"torchrig=={__version__}")
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,13 @@ def build_demo_repository(path: Path, *, include_torchvision: bool = False) -> P
                 "include_torchvision=True needs torchvision; install the build that matches "
                 "your torch (pip install torchvision)."
             ) from None
+        except RuntimeError as exc:  # a torchvision built for another torch (its ops fail)
+            import torch
+
+            raise PackError(
+                f"torchvision does not load beside torch {torch.__version__}: {exc}; install "
+                "the torchvision release built for this torch (same CUDA or CPU variant)."
+            ) from None
         for name, (module, example) in models.items():
             pack(
                 module,
