@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -24,6 +25,8 @@ def running(
 ) -> Iterator[tuple[str, Any]]:
     """Start the server in a thread on a socket bound to port 0; yield (url, state)."""
     settings = settings or ServeSettings(port=0, log_format="text")
+    if settings.grpc_port > 0:  # tests never take a fixed port: gRPC on an OS-assigned one
+        settings = dataclasses.replace(settings, grpc_port=0)
     if cache_dir is None:
         cache_dir = Path(repository).parent / "cache"
     state = build_state(

@@ -100,6 +100,13 @@ class ServeSettings:
     port: int = dataclasses.field(
         default=8000, metadata=_option("TCP port; 0 picks a free one (printed at start).")
     )
+    grpc_port: int = dataclasses.field(
+        default=8001,
+        metadata=_option(
+            "TCP port of the V2 gRPC service (as Triton's); 0 picks a free one, -1 turns "
+            "gRPC off."
+        ),
+    )
     device: str = dataclasses.field(
         default="",
         metadata=_option('Device for every model ("cpu", "cuda", "cuda:N"); default: config.toml.'),

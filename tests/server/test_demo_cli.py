@@ -65,7 +65,7 @@ def test_demo_serves_and_the_readme_curl_works(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
     stderr = (tmp_path / "stderr.txt").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torchrig", "serve", "--demo", "--port", "0"],
+        [sys.executable, "-m", "torchrig", "serve", "--demo", "--port", "0", "--grpc-port", "0"],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,

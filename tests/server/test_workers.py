@@ -171,7 +171,7 @@ class Load:
 
 
 def test_two_workers_share_the_port_and_the_metrics(server: Callable[..., Server]) -> None:
-    serve = server("--demo", "--workers", "2", "--port", "0")
+    serve = server("--demo", "--workers", "2", "--port", "0", "--grpc-port", "0")
     url = serve.url()
     pids = serve.worker_pids()
     assert len(pids) == 2, serve.log()
@@ -237,7 +237,17 @@ def inflight(url: str) -> float:
 def test_sigterm_drains_every_worker_and_exits_0(
     server: Callable[..., Server], slow_repo: Path
 ) -> None:
-    serve = server(str(slow_repo), "--workers", "2", "--port", "0", "--drain-timeout-s", "20")
+    serve = server(
+        str(slow_repo),
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--drain-timeout-s",
+        "20",
+    )
     url = serve.url()
     pids = serve.worker_pids()
     metrics_dir = Path(environment(min(pids))["PROMETHEUS_MULTIPROC_DIR"])
@@ -268,7 +278,7 @@ def test_sigterm_drains_every_worker_and_exits_0(
 def test_workers_stop_when_the_parent_is_killed(
     server: Callable[..., Server], slow_repo: Path
 ) -> None:
-    serve = server(str(slow_repo), "--workers", "2", "--port", "0")
+    serve = server(str(slow_repo), "--workers", "2", "--port", "0", "--grpc-port", "0")
     serve.url()
     pids = serve.worker_pids()
     assert len(pids) == 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +56,10 @@ def check_settings(settings: ServeSettings) -> None:
         raise UsageError(f"--log-format {settings.log_format!r}: use json or text.")
     if not 0 <= settings.port <= 65535:
         raise UsageError(f"--port {settings.port} is not a TCP port (0..65535).")
+    if not -1 <= settings.grpc_port <= 65535:
+        raise UsageError(
+            f"--grpc-port {settings.grpc_port} is not a TCP port (0..65535), nor -1 (gRPC off)."
+        )
     for name in (
         "max_body_mb",
         "max_header_kb",
@@ -96,7 +102,7 @@ def check_settings(settings: ServeSettings) -> None:
     help="TOML settings file with a [serve] table [env TORCHRIG_CONFIG].",
 )
 def serve(repository: str | None, demo: bool, config: Path | None, **options: Any) -> None:
-    """Serve a model repository over the Open Inference Protocol (V2 REST).
+    """Serve a model repository over the Open Inference Protocol (V2 over REST and gRPC).
 
     Endpoints: /v2/health/{live,ready}, /v2, /v2/models/M[/versions/V][/ready|/infer],
     /v2/repository/index, /v2/repository/models/M/{load,unload} (--control-mode explicit,
@@ -128,6 +134,7 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
     if repository is None:  # pragma: no cover - excluded above
         raise UsageError("give a model repository, or --demo.")
     cache = Path(tempfile.mkdtemp(prefix="torchrig-cache-"))
+    grpc_holder: socket.socket | None = None
     try:
 
         def ready(url: str) -> None:
@@ -140,6 +147,9 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
         if settings.workers > 1:
             from torchrig.server.workers import serve_workers
 
+            if settings.grpc_port == 0:  # one free port for all workers, not one each
+                grpc_holder = _hold_free_port(settings.host)
+                settings = dataclasses.replace(settings, grpc_port=grpc_holder.getsockname()[1])
             status = serve_workers(
                 repository, settings, cache_dir=cache, management_token=token, on_ready=ready
             )
@@ -152,6 +162,18 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
         if not server.started:
             sys.exit(2)
     finally:
+        if grpc_holder is not None:
+            grpc_holder.close()
         shutil.rmtree(cache, ignore_errors=True)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _hold_free_port(host: str) -> socket.socket:
+    """A socket bound (SO_REUSEPORT, not listening) to a free port: it keeps the port
+    while the workers' gRPC servers bind it too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, 0))
+    return holder

@@ -74,6 +74,7 @@ class ServerState:
     shutting_down: bool = False
     lifespan_hooks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     management_token: str | None = field(default=None, repr=False)  # None: API off
+    grpc_address: str = ""  # host:port the gRPC service listens on ("" while it does not)
 
     def ready(self) -> bool:
         return self.started and self.doctor_ok and not self.shutting_down and self.registry.ready()
@@ -185,13 +186,13 @@ class V2App:
     async def _live(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
         fault = self.state.registry.device_fault
         if fault is not None:  # only a new process cures a poisoned CUDA context
-            return 503, _error(f"the device context is poisoned ({fault}); restart me"), {}
-        return 200, b"{}", {}
+            return 503, _health("live", f"the device context is poisoned ({fault}); restart me"), {}
+        return 200, b'{"live":true}', {}
 
     async def _ready(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
         if self.state.ready():
-            return 200, b"{}", {}
-        return 503, _error(self._not_ready_reason()), {}
+            return 200, b'{"ready":true}', {}
+        return 503, _health("ready", self._not_ready_reason()), {}
 
     def _not_ready_reason(self) -> str:
         state = self.state
@@ -232,9 +233,9 @@ class V2App:
         self, params: dict[str, str], *_: Any
     ) -> tuple[int, bytes, dict[str, str]]:
         if self.state.shutting_down:
-            return 503, _error("the server is shutting down"), {}
+            return 503, _health("ready", "the server is shutting down", params["model"]), {}
         self.state.registry.resolve(params["model"], params.get("version"))  # raises 404/503
-        return 200, b"{}", {}
+        return 200, _health("ready", None, params["model"]), {}
 
     async def _repository_index(
         self, params: dict[str, str], scope: Scope, receive: Receive
@@ -510,6 +511,18 @@ def _outcome(status: int) -> str:
     if 400 <= status < 500:
         return "bad_request"
     return "error"
+
+
+def _health(key: str, error: str | None, name: str | None = None) -> bytes:
+    """A health body every V2 client reads: `{"live"|"ready": bool}` (KServe's clients read
+    the flag, Triton's the status), the model's name on model ready, the reason when false."""
+    import msgspec
+
+    body: dict[str, Any] = {} if name is None else {"name": name}
+    body[key] = error is None
+    if error is not None:
+        body["error"] = error
+    return msgspec.json.encode(body)
 
 
 def _error(message: str) -> bytes:

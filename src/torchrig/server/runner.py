@@ -173,6 +173,10 @@ def make_server(state: ServerState, *, on_ready: Callable[[str], None] | None = 
     from torchrig.server.http_limits import HttpLimits, protocol_class
 
     settings = state.settings
+    if settings.grpc_port >= 0:  # the gRPC transport shares the app's lifespan and state
+        from torchrig.server.grpc import attach
+
+        attach(state)
     limited = protocol_class(HttpLimits.of(settings))
     config = uvicorn.Config(
         V2App(state),

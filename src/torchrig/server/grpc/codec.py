@@ -1,0 +1,226 @@
+"""ModelInferRequest / ModelInferResponse (the gRPC messages) <-> tensors.
+
+Inputs arrive either as typed contents (`contents.fp32_contents` and the like) or, as
+tritonclient.grpc sends them, as `raw_input_contents`: one little-endian byte string per
+input, in input order, laid out as the binary tensor extension lays out REST bodies (BYTES
+elements each a 4-byte length and the bytes). A request uses one or the other for all its
+inputs. Outputs always go back as `raw_output_contents`, which every V2 gRPC client reads.
+What a request declares (name, datatype, shape) is checked before its data is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchrig.errors import InferenceFailed, InvalidInput
+from torchrig.packaging.manifest import TensorSpec
+from torchrig.protocol.tensors import (
+    DATATYPES,
+    ITEMSIZE,
+    MAX_DIMS,
+    TORCH_DTYPES,
+    binary_bytes_tensor,
+    binary_tensor,
+    element_count,
+    json_tensor,
+    serialize_bytes,
+)
+from torchrig.protocol.types import BytesTensor, DecodedRequest, RequestedOutput
+from torchrig.server.grpc.generated import grpc_service_pb2 as pb
+
+# the typed-contents field that carries each datatype (FP16 and BF16 have none: raw only)
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+Declared = Callable[[str, str, list[int]], None]
+
+
+def parameter(value: pb.InferParameter) -> Any:
+    """The Python value of an InferParameter (None when it holds none)."""
+    kind = value.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(value, kind)
+
+
+def decode_request(
+    request: pb.ModelInferRequest, *, accept: Declared, max_body_bytes: int
+) -> DecodedRequest:
+    """The request's inputs as tensors (BytesTensor for BYTES), its outputs and parameters.
+
+    `accept(name, datatype, shape)` checks each input's declaration against the model's
+    signature before its data is converted (InvalidInput names what is wrong)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; "
+            "give raw contents for every input, in input order, or typed contents for all"
+        )
+    inputs: dict[str, Any] = {}
+    for index, tensor in enumerate(request.inputs):
+        name, datatype = tensor.name, tensor.datatype
+        shape = list(tensor.shape)
+        if datatype not in DATATYPES:
+            raise InvalidInput(
+                f"input {name!r} has datatype {datatype!r}; V2 datatypes are "
+                + ", ".join(DATATYPES)
+            )
+        if len(shape) > MAX_DIMS:
+            raise InvalidInput(f"input {name!r} has {len(shape)} dimensions; at most {MAX_DIMS}")
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} is given twice")
+        accept(name, datatype, shape)
+        count = element_count(name, shape)
+        if raw:
+            inputs[name] = _raw_tensor(name, datatype, shape, count, raw[index])
+        else:
+            if "shared_memory_region" in tensor.parameters:
+                raise InvalidInput(
+                    f"input {name!r} names a shared-memory region; this server does not "
+                    "support the shared-memory extension yet: send the data in the request"
+                )
+            inputs[name] = _typed_tensor(name, datatype, shape, count, tensor.contents)
+    parameters = {key: parameter(value) for key, value in request.parameters.items()}
+    outputs = None
+    if request.outputs:
+        outputs = []
+        for output in request.outputs:
+            if "shared_memory_region" in output.parameters:
+                raise InvalidInput(
+                    f"output {output.name!r} names a shared-memory region; this server does "
+                    "not support the shared-memory extension yet"
+                )
+            if "classification" in output.parameters:
+                raise InvalidInput(
+                    f"output {output.name!r} asks for classification; this server does not "
+                    "support the classification extension yet: request the raw output"
+                )
+            outputs.append(RequestedOutput(output.name, True))
+    return DecodedRequest(
+        id=request.id or None,
+        parameters=parameters,
+        inputs=inputs,
+        outputs=outputs,
+        binary_output_default=True,
+        timeout_s=_timeout_s(parameters.get("timeout")),
+    )
+
+
+def _timeout_s(value: Any) -> float | None:
+    """Triton's `timeout` parameter: microseconds, an integer; 0 means none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(
+            f"parameter timeout {value!r} must be a non-negative integer of microseconds"
+        )
+    return value / 1e6 if value else None
+
+
+def _raw_tensor(name: str, datatype: str, shape: list[int], count: int, data: bytes) -> Any:
+    if datatype == "BYTES":
+        return binary_bytes_tensor(name, data, start=0, size=len(data), shape=shape, count=count)
+    expected = count * ITEMSIZE[datatype]
+    if len(data) != expected:
+        raise InvalidInput(
+            f"input {name!r}: its raw contents are {len(data)} bytes but {datatype} "
+            f"{shape} takes {expected}"
+        )
+    # a writable copy: torch refuses to view read-only memory without a warning, and the
+    # tensor must outlive the message anyway
+    buffer = np.frombuffer(bytearray(data), dtype=np.uint8)
+    return binary_tensor(buffer, 0, datatype, shape, count)
+
+
+def _typed_tensor(
+    name: str, datatype: str, shape: list[int], count: int, contents: pb.InferTensorContents
+) -> Any:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(
+            f"input {name!r} is {datatype}, which has no typed contents field; send it in "
+            "raw_input_contents (tritonclient.grpc does so by default)"
+        )
+    others = [other.name for other, _ in contents.ListFields() if other.name != field]
+    if others:
+        raise InvalidInput(
+            f"input {name!r} is {datatype} but its contents are in {', '.join(others)}; "
+            f"put them in {field}"
+        )
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {name!r} has {len(values)} values in {field} but shape {shape} needs {count}"
+        )
+    if datatype == "BYTES":
+        return BytesTensor(list(values), shape)
+    with np.errstate(over="raise"):
+        return json_tensor(name, datatype, shape, count, list(values))
+
+
+def encode_response(
+    *,
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: dict[str, Any],
+    specs: Sequence[TensorSpec],
+    requested: list[RequestedOutput] | None,
+) -> pb.ModelInferResponse:
+    """The response with every chosen output in `raw_output_contents`, in the order
+    requested (signature order when the request named none)."""
+    by_name = {spec.name: spec for spec in specs}
+    if requested is None:
+        chosen = list(specs)
+    else:
+        chosen = []
+        for output in requested:
+            spec = by_name.get(output.name)
+            if spec is None:
+                raise InvalidInput(
+                    f"model {model_name} has no output {output.name!r}; its outputs are "
+                    + ", ".join(s.name for s in specs)
+                )
+            chosen.append(spec)
+    response = pb.ModelInferResponse(
+        model_name=model_name, model_version=model_version, id=request_id or ""
+    )
+    for spec in chosen:
+        if spec.name not in outputs:
+            raise InferenceFailed(f"model {model_name} produced no output {spec.name!r}")
+        shape, blob = raw_output(spec, outputs[spec.name])
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+        response.raw_output_contents.append(blob)
+    return response
+
+
+def raw_output(spec: TensorSpec, value: Any) -> tuple[list[int], bytes]:
+    """An output's shape and little-endian bytes (its signature's datatype)."""
+    if spec.datatype == "BYTES":
+        elements = [item if isinstance(item, bytes | str) else bytes(item) for item in value]
+        shape = [int(d) for d in value.shape] if hasattr(value, "shape") else [len(elements)]
+        return shape, serialize_bytes(elements)
+    tensor = value.detach()
+    target = TORCH_DTYPES[spec.datatype]
+    if tensor.dtype != target:
+        tensor = tensor.to(target)
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    shape = list(tensor.shape)
+    flat = tensor.reshape(-1)
+    if spec.datatype == "BF16":
+        flat = flat.view(torch.int16)
+    return shape, flat.numpy().tobytes()

@@ -1,0 +1,1 @@
+"""Code generated from the vendored protos by tools/gen_grpc.py."""

@@ -1,0 +1,303 @@
+"""`inference.GRPCInferenceService` over the REST server's data plane.
+
+Each RPC reads the same `ServerState` as the REST endpoints (registry, batcher, metrics,
+settings, shutdown flag) and answers what its REST twin answers. A failure becomes a
+gRPC status (see `status.py`), never UNKNOWN: bad input INVALID_ARGUMENT, an unknown
+model NOT_FOUND, not ready, shutting down or a full queue UNAVAILABLE with a `retry-after`
+trailer. A call cancelled by its client, or past its deadline, has its queued request
+cancelled with it, so its rows never reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import grpc
+import msgspec
+
+from torchrig import __version__
+from torchrig.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, TorchrigError
+from torchrig.protocol.types import BytesTensor
+from torchrig.runtime.validation import check_declared
+from torchrig.server.app import EXTENSIONS, ServerState
+from torchrig.server.grpc.codec import decode_request, encode_response
+from torchrig.server.grpc.generated import grpc_service_pb2 as pb
+from torchrig.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from torchrig.server.grpc.status import code_of, outcome_of, trailers_of
+from torchrig.server.management import Management
+
+log = logging.getLogger("torchrig.server")
+
+Reply = TypeVar("Reply")
+Context = Any  # grpc.aio.ServicerContext (grpcio has no type hints)
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """The V2 gRPC service; `add_to(server)` registers it on a grpc.aio server."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.max_body = int(state.settings.max_body_mb * 1024 * 1024)
+        self._id_prefix = "g" + secrets.token_hex(4)
+        self._ids = itertools.count(1)
+        self.management = Management(
+            state.registry,
+            control_mode=state.settings.control_mode,
+            token=state.management_token,
+        )
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)  # type: ignore[no-untyped-call]
+
+    async def _answer(self, context: Context, work: Callable[[], Awaitable[Reply]]) -> Reply:
+        """Run a handler; a TorchrigError ends the call with its status, anything else
+        (logged) with INTERNAL."""
+        try:
+            return await work()
+        except TorchrigError as exc:
+            await context.abort(code_of(exc), exc.message, trailing_metadata=trailers_of(exc))
+        except Exception:  # request boundary: a status, never a stack trace to the client
+            log.exception("internal error in a gRPC call")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error; the server log has details"
+            )
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    # ---- health and metadata ----------------------------------------------------------------
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.state.registry.device_fault is None)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.state.ready())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        async def work() -> pb.ModelReadyResponse:
+            if self.state.shutting_down:
+                return pb.ModelReadyResponse(ready=False)
+            try:
+                self.state.registry.resolve(request.name, request.version or None)
+            except (ModelNotFound, ModelNotReady):
+                return pb.ModelReadyResponse(ready=False)
+            return pb.ModelReadyResponse(ready=True)
+
+        return await self._answer(context, work)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="torchrig", version=__version__, extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        async def work() -> pb.ModelMetadataResponse:
+            meta = self.state.registry.metadata(request.name, request.version or None)
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta.name,
+                versions=meta.versions,
+                platform=meta.platform,
+                inputs=[
+                    tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs
+                ],
+                outputs=[
+                    tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs
+                ],
+            )
+
+        return await self._answer(context, work)
+
+    # ---- inference ----------------------------------------------------------------------------
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        return await self._answer(context, partial(self.infer, request, context.time_remaining()))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request of the stream is served as it arrives (several at once, so that
+        they batch); its response, or its error in `error_message`, goes back as soon as it
+        is ready. Ending the stream cancels what is still queued."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                response = await self.infer(request, context.time_remaining())
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            except TorchrigError as exc:
+                answers.put_nowait(_stream_error(request, exc.message))
+            except Exception:  # request boundary: the stream goes on
+                log.exception("internal error in a streamed gRPC request")
+                answers.put_nowait(_stream_error(request, "internal error; see the server log"))
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.ensure_future(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.wait(set(pending))
+            answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader  # its exception, if reading the stream failed
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def infer(
+        self, request: pb.ModelInferRequest, time_remaining: float | None
+    ) -> pb.ModelInferResponse:
+        """Serve one ModelInferRequest on the shared data plane, with metrics and logs."""
+        state = self.state
+        model, version = request.model_name, request.model_version or None
+        request_id = request.id or f"{self._id_prefix}-{next(self._ids):x}"
+        served_version: str | None = version
+        started = time.perf_counter()
+        state.metrics.request_started(model)
+        outcome = "error"
+        try:
+            if state.shutting_down:
+                raise QueueFull(
+                    "the server is shutting down; retry on another replica", retry_after_s=1.0
+                )
+            if request.ByteSize() > self.max_body:  # typed contents: as the REST body limit
+                raise InvalidInput(f"the request exceeds {self.max_body} bytes (--max-body-mb)")
+            served = state.registry.resolve(model, version)
+            manifest = served.manifest
+            if manifest is None:  # pragma: no cover - a ready version has its manifest
+                raise ModelNotReady(f"model {model} has no signature")
+            accept = partial(
+                check_declared,
+                f"{model}/{served.version}",
+                manifest.inputs,
+                max_batch_size=served.batcher.max_batch_size if served.batcher else None,
+            )
+            decoded = decode_request(request, accept=accept, max_body_bytes=self.max_body)
+            for name, value in decoded.inputs.items():
+                if isinstance(value, BytesTensor):
+                    raise InvalidInput(
+                        f"model {model}: input {name} is BYTES; this model takes tensors only"
+                    )
+            timeout = state.settings.request_timeout_s
+            if decoded.timeout_s is not None:
+                timeout = min(decoded.timeout_s, state.settings.max_request_timeout_s)
+            if time_remaining is not None:  # the call's own deadline
+                timeout = min(timeout, max(time_remaining, 0.0))
+            outputs = await state.registry.submit(served, decoded.inputs, timeout_s=timeout)
+            served_version = str(served.version)
+            response = encode_response(
+                model_name=model,
+                model_version=served_version,
+                request_id=request.id or None,
+                outputs=outputs,
+                specs=manifest.outputs,
+                requested=decoded.outputs,
+            )
+            outcome = "success"
+            return response
+        except asyncio.CancelledError:
+            outcome = "bad_request"  # the client cancelled or its deadline passed
+            raise
+        except TorchrigError as exc:
+            outcome = outcome_of(code_of(exc))
+            if exc.status_code >= 500:
+                log.warning(
+                    "request failed: %s",
+                    exc.message,
+                    extra={
+                        "request_id": request_id,
+                        "model": model,
+                        "version": served_version,
+                        "status": exc.status_code,
+                    },
+                )
+            raise
+        finally:
+            state.metrics.request_finished(
+                model, served_version, outcome=outcome, duration_s=time.perf_counter() - started
+            )
+
+    # ---- model repository ---------------------------------------------------------------------
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        async def work() -> pb.RepositoryIndexResponse:
+            rows = msgspec.json.decode(
+                await self.management.index(b'{"ready": true}' if request.ready else b"")
+            )
+            index = pb.RepositoryIndexResponse.ModelIndex
+            return pb.RepositoryIndexResponse(
+                models=[
+                    index(
+                        name=row["name"],
+                        version=row.get("version", ""),
+                        state=row["state"],
+                        reason=row["reason"],
+                    )
+                    for row in rows
+                ]
+            )
+
+        return await self._answer(context, work)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        async def work() -> pb.RepositoryModelLoadResponse:
+            self.management.authorize(_metadata(context))
+            await self.management.load(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._answer(context, work)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        async def work() -> pb.RepositoryModelUnloadResponse:
+            self.management.authorize(_metadata(context))
+            await self.management.unload(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._answer(context, work)
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    """The call's metadata as headers (keys are lower-case in gRPC already)."""
+    return {
+        key: value if isinstance(value, str) else value.decode("latin-1")
+        for key, value in (context.invocation_metadata() or ())
+    }
+
+
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
