@@ -28,6 +28,7 @@ from torchrig.errors import InvalidInput, PayloadTooLarge, QueueFull, TorchrigEr
 from torchrig.runtime import ModelRegistry
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
+from torchrig.server.triton import Statistics, model_config
 from torchrig.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -40,7 +41,12 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+]
 OFF_LOOP_BYTES = 256 * 1024  # JSON parts from this size on are decoded in a thread
 LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
 WATCH_AFTER_S = 0.005  # a request still queued after this starts watching for disconnects
@@ -52,6 +58,9 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"^/v2/health/live$"), "live"),
     ("GET", re.compile(r"^/v2/health/ready$"), "ready"),
     ("GET", re.compile(rf"^/v2/models/{MODEL}/ready$"), "model_ready"),
+    ("GET", re.compile(rf"^/v2/models/{MODEL}/config$"), "model_config"),
+    ("GET", re.compile(r"^/v2/models/stats$"), "model_stats"),
+    ("GET", re.compile(rf"^/v2/models/{MODEL}/stats$"), "model_stats"),
     ("GET", re.compile(rf"^/v2/models/{MODEL}$"), "model_metadata"),
     ("GET", re.compile(r"^/v2/?$"), "server_metadata"),
     ("POST", re.compile(r"^/v2/repository/index$"), "repository_index"),
@@ -75,6 +84,10 @@ class ServerState:
     lifespan_hooks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     management_token: str | None = field(default=None, repr=False)  # None: API off
     grpc_address: str = ""  # host:port the gRPC service listens on ("" while it does not)
+    statistics: Statistics = field(init=False, repr=False)  # Triton's statistics extension
+
+    def __post_init__(self) -> None:
+        self.statistics = Statistics(self.registry)
 
     def ready(self) -> bool:
         return self.started and self.doctor_ok and not self.shutting_down and self.registry.ready()
@@ -237,6 +250,23 @@ class V2App:
         self.state.registry.resolve(params["model"], params.get("version"))  # raises 404/503
         return 200, _health("ready", None, params["model"]), {}
 
+    async def _model_config(
+        self, params: dict[str, str], *_: Any
+    ) -> tuple[int, bytes, dict[str, str]]:
+        import msgspec
+
+        served = self.state.registry.resolve(params["model"], params.get("version"))
+        return 200, msgspec.json.encode(model_config(served)), {}
+
+    async def _model_stats(
+        self, params: dict[str, str], *_: Any
+    ) -> tuple[int, bytes, dict[str, str]]:
+        import msgspec
+
+        statistics = self.state.statistics
+        versions = statistics.versions(params.get("model"), params.get("version"))
+        return 200, msgspec.json.encode(statistics.report(versions)), {}
+
     async def _repository_index(
         self, params: dict[str, str], scope: Scope, receive: Receive
     ) -> tuple[int, bytes, dict[str, str]]:
@@ -341,8 +371,12 @@ class V2App:
                 extra_headers,
             )
         finally:
+            duration_s = time.perf_counter() - started
             state.metrics.request_finished(
-                model, served_version, outcome=outcome, duration_s=time.perf_counter() - started
+                model, served_version, outcome=outcome, duration_s=duration_s
+            )
+            state.statistics.request(
+                model, served_version, ok=outcome == "success", duration_s=duration_s
             )
 
     async def _decode(

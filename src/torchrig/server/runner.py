@@ -84,7 +84,7 @@ def build_state(
         lock = await asyncio.to_thread(take_lock)
         state.doctor_ok, state.doctor_summary = run_doctor(lock.snapshot, settings.require_gpu)
         registry.environment = lock
-        registry.batch_observer = metrics.batch_observer
+        registry.batch_observer = state.statistics.observer(metrics.batch_observer)
         await registry.load_all()
         settle_heap()
         state.started = True

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 import msgspec
+from google.protobuf import json_format
 
 from torchrig import __version__
 from torchrig.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, TorchrigError
@@ -30,8 +31,10 @@ from torchrig.server.app import EXTENSIONS, ServerState
 from torchrig.server.grpc.codec import decode_request, encode_response
 from torchrig.server.grpc.generated import grpc_service_pb2 as pb
 from torchrig.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from torchrig.server.grpc.generated import model_config_pb2
 from torchrig.server.grpc.status import code_of, outcome_of, trailers_of
 from torchrig.server.management import Management
+from torchrig.server.triton import model_config
 
 log = logging.getLogger("torchrig.server")
 
@@ -120,6 +123,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs
                 ],
             )
+
+        return await self._answer(context, work)
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        async def work() -> pb.ModelConfigResponse:
+            served = self.state.registry.resolve(request.name, request.version or None)
+            config = json_format.ParseDict(model_config(served), model_config_pb2.ModelConfig())
+            return pb.ModelConfigResponse(config=config)
+
+        return await self._answer(context, work)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        async def work() -> pb.ModelStatisticsResponse:
+            statistics = self.state.statistics
+            versions = statistics.versions(request.name or None, request.version or None)
+            response = pb.ModelStatisticsResponse()
+            json_format.ParseDict(statistics.report(versions), response)
+            return response
 
         return await self._answer(context, work)
 
@@ -237,8 +262,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 )
             raise
         finally:
+            duration_s = time.perf_counter() - started
             state.metrics.request_finished(
-                model, served_version, outcome=outcome, duration_s=time.perf_counter() - started
+                model, served_version, outcome=outcome, duration_s=duration_s
+            )
+            state.statistics.request(
+                model, served_version, ok=outcome == "success", duration_s=duration_s
             )
 
     # ---- model repository ---------------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""Triton's model configuration and statistics extensions, for both transports.
+
+Triton's clients and tools (perf_analyzer, Model Analyzer, dashboards) read a model's
+configuration (`GET /v2/models/M/config`, gRPC `ModelConfig`) and its statistics
+(`GET /v2/models/M/stats`, gRPC `ModelStatistics`). Both are built here as Triton's JSON
+shapes, from the manifest and `config.toml` (configuration) and from what the transports
+and the batcher report (statistics); the gRPC service parses the same dictionaries into
+its messages, so both transports answer the same.
+
+Statistics are counted per process (with `--workers N`, per worker, as a scrape shows one
+worker). `compute_infer` is the batch's executor call, input concatenation and output
+split included; `compute_input` and `compute_output` count the same requests with 0 ns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchrig.errors import ModelNotFound
+from torchrig.runtime import ModelRegistry
+from torchrig.runtime.batcher import BatchObserver, BatchRecord
+from torchrig.runtime.loader import ServedVersion
+
+PLATFORMS = {"torch_export": "pytorch_export", "aoti": "pytorch_aoti", "torchscript": "pytorch"}
+
+
+def model_config(served: ServedVersion) -> dict[str, Any]:
+    """Triton's model configuration (its JSON field names) of a loaded version."""
+    manifest, config = served.manifest, served.config
+    batching = bool(manifest is not None and manifest.batching)
+    max_batch = served.batcher.max_batch_size if served.batcher else config.batching.max_batch_size
+    max_batch_size = max_batch if batching else 0
+
+    def tensors(specs: list[Any]) -> list[dict[str, Any]]:
+        # with batching, Triton's dims leave the batch dimension out
+        return [
+            {
+                "name": spec.name,
+                "data_type": "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}",
+                "dims": list(spec.shape[1:] if batching else spec.shape),
+            }
+            for spec in specs
+        ]
+
+    device = served.executor.device if served.executor is not None else config.device
+    gpu = device.startswith("cuda")
+    group: dict[str, Any] = {
+        "name": f"{served.model}_0",
+        "kind": "KIND_GPU" if gpu else "KIND_CPU",
+        "count": config.instances,
+    }
+    if gpu:
+        group["gpus"] = [int(device.partition(":")[2] or 0)]
+    policy = config.version_policy
+    if policy.policy == "latest":
+        version_policy: dict[str, Any] = {"latest": {"num_versions": policy.latest}}
+    elif policy.policy == "all":
+        version_policy = {"all": {}}
+    else:
+        version_policy = {"specific": {"versions": list(policy.versions)}}
+    result: dict[str, Any] = {
+        "name": served.model,
+        "platform": PLATFORMS.get(manifest.format if manifest else "", "pytorch"),
+        "backend": "torchrig",
+        "version_policy": version_policy,
+        "max_batch_size": max_batch_size,
+        "input": tensors(manifest.inputs if manifest else []),
+        "output": tensors(manifest.outputs if manifest else []),
+        "instance_group": [group],
+    }
+    if batching:
+        result["dynamic_batching"] = {
+            "preferred_batch_size": list(config.batching.preferred_batch_sizes),
+            "max_queue_delay_microseconds": int(config.batching.max_queue_delay_ms * 1000),
+        }
+    return result
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9)
+
+    def json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class _VersionStats:
+    success: _Duration = field(default_factory=_Duration)
+    fail: _Duration = field(default_factory=_Duration)
+    queue: _Duration = field(default_factory=_Duration)
+    compute_input: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    compute_output: _Duration = field(default_factory=_Duration)
+    inference_count: int = 0  # rows
+    execution_count: int = 0  # batches
+    last_inference_ms: int = 0
+    batches: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
+
+
+class Statistics:
+    """Counters per model version, fed by the transports (`request`) and the batcher's
+    observer (`batch`); read in Triton's shape by `report`. Thread-safe: batches are
+    observed on the executor's threads."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._lock = threading.Lock()
+        self._versions: dict[tuple[str, str], _VersionStats] = defaultdict(_VersionStats)
+
+    def request(self, model: str, version: str | None, *, ok: bool, duration_s: float) -> None:
+        """A request to a served version ended. Requests that named no served version are
+        not kept: a client probing random names must not grow the table."""
+        if version is None or not any(
+            v.model == model and str(v.version) == version for v in self.registry.versions()
+        ):
+            return
+        with self._lock:
+            stats = self._versions[(model, version)]
+            (stats.success if ok else stats.fail).add(duration_s)
+
+    def batch(self, model: str, version: str, record: BatchRecord) -> None:
+        with self._lock:
+            stats = self._versions[(model, version)]
+            stats.execution_count += 1
+            stats.last_inference_ms = int(time.time() * 1000)
+            stats.batches[record.rows].add(record.compute_s)
+            if record.failed:
+                return
+            stats.inference_count += record.rows
+            for wait in record.queue_waits_s:
+                stats.queue.add(wait)
+            stats.compute_infer.add(record.compute_s * record.requests, record.requests)
+            stats.compute_input.add(0.0, record.requests)
+            stats.compute_output.add(0.0, record.requests)
+
+    def observer(
+        self, metrics: Callable[[str, str], BatchObserver]
+    ) -> Callable[[str, str], BatchObserver]:
+        """A batch-observer factory that feeds these statistics and `metrics`' observers."""
+
+        def make(model: str, version: str) -> BatchObserver:
+            observe = metrics(model, version)
+
+            def both(record: BatchRecord) -> None:
+                self.batch(model, version, record)
+                observe(record)
+
+            return both
+
+        return make
+
+    def versions(self, model: str | None, version: str | None) -> list[tuple[str, str]]:
+        """The (model, version) pairs a statistics request names: every loaded version of
+        every model, of one model, or one version (ModelNotFound if not served)."""
+        loaded = [
+            (v.model, str(v.version))
+            for v in sorted(self.registry.versions(), key=lambda v: (v.model, v.version))
+            if v.state == "ready"
+        ]
+        if model is None:
+            return loaded
+        chosen = [p for p in loaded if p[0] == model and version in (None, "", p[1])]
+        if not chosen:
+            self.registry.resolve(model, version or None)  # names the reason
+            raise ModelNotFound(f"model {model} has no version {version} loaded")
+        return chosen
+
+    def report(self, versions: list[tuple[str, str]]) -> dict[str, Any]:
+        """`{"model_stats": [...]}` for the (model, version) pairs asked for, zeros for a
+        version that has served nothing yet."""
+        rows = []
+        with self._lock:
+            for model, version in versions:
+                stats = self._versions.get((model, version), _VersionStats())
+                rows.append(
+                    {
+                        "name": model,
+                        "version": version,
+                        "last_inference": stats.last_inference_ms,
+                        "inference_count": stats.inference_count,
+                        "execution_count": stats.execution_count,
+                        "inference_stats": {
+                            "success": stats.success.json(),
+                            "fail": stats.fail.json(),
+                            "queue": stats.queue.json(),
+                            "compute_input": stats.compute_input.json(),
+                            "compute_infer": stats.compute_infer.json(),
+                            "compute_output": stats.compute_output.json(),
+                            "cache_hit": _Duration().json(),
+                            "cache_miss": _Duration().json(),
+                        },
+                        "batch_stats": [
+                            {
+                                "batch_size": size,
+                                "compute_input": {"count": d.count, "ns": 0},
+                                "compute_infer": d.json(),
+                                "compute_output": {"count": d.count, "ns": 0},
+                            }
+                            for size, d in sorted(stats.batches.items())
+                        ],
+                    }
+                )
+        return {"model_stats": rows}
