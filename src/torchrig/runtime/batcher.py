@@ -46,9 +46,12 @@ from torchrig.errors import (
 )
 from torchrig.repository.config import BatchingConfig
 from torchrig.runtime.faults import free_cached_memory, is_out_of_memory, poisons_device
+from torchrig.runtime.rows import concat_rows, describe_inputs
 from torchrig.runtime.threads import use_intra_op_threads
 
 Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
+
+__all__ = ["BatchRecord", "Batcher", "BatcherStats", "concat_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -459,20 +462,6 @@ class Batcher:
         return elapsed
 
 
-def describe_inputs(inputs: Mapping[str, Any]) -> str:
-    """`name DATATYPE[shape]` for each input, as an error message names them."""
-    from torchrig.dtypes import v2_datatype
-
-    parts = []
-    for name, tensor in inputs.items():
-        try:
-            datatype = v2_datatype(tensor.dtype)
-        except (KeyError, AttributeError):
-            datatype = type(tensor).__name__
-        parts.append(f"{name} {datatype}{list(getattr(tensor, 'shape', []))}")
-    return ", ".join(parts)
-
-
 def _half_by_rows(batch: list[_Request]) -> int:
     """Where to cut a batch of >= 2 requests so that each part has about half the rows."""
     total = sum(r.rows for r in batch)
@@ -482,21 +471,6 @@ def _half_by_rows(batch: list[_Request]) -> int:
         if seen * 2 >= total:
             return index + 1
     return len(batch) - 1
-
-
-def concat_rows(parts: list[Mapping[str, Any]], *, pin: bool = False) -> dict[str, Any]:
-    """Concatenate tensors by name along the batch dimension into fresh tensors, in pinned
-    (page-locked) host memory when `pin`, ready for an asynchronous device copy."""
-    import torch
-
-    joined: dict[str, Any] = {}
-    for name in parts[0]:
-        tensors = [part[name] for part in parts]
-        first = tensors[0]
-        rows = sum(int(tensor.shape[0]) for tensor in tensors)
-        out = torch.empty((rows, *first.shape[1:]), dtype=first.dtype, pin_memory=pin)
-        joined[name] = torch.cat(tensors, out=out)
-    return joined
 
 
 def _apply(outcomes: list[Outcome]) -> None:
