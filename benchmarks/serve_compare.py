@@ -4,7 +4,7 @@ one row per request, 64 concurrent connections, all in one run.
 Servers (each one process group on 127.0.0.1, an OS-chosen free port, 1 worker, started,
 polled until ready, checked for the right answer, warmed up, measured, stopped):
   torchrig         `python -m torchrig serve REPO` (demo repository: ranker max_batch_size 64,
-                   max_queue_delay_ms 2), V2 JSON body
+                   no queue delay), V2 JSON body
   torchrig-binary  the same server, the binary tensor extension (binary inputs and output)
   asgi             bare ASGI callable under uvicorn+httptools+uvloop: msgspec JSON, the module
                    per request, no batching (the ceiling for per-request serving)
