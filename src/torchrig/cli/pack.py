@@ -141,6 +141,13 @@ def _call_factory(spec: str) -> tuple[Any, Any]:
 @click.option("--golden-examples", type=int, default=3, show_default=True)
 @click.option("--output-name", "output_names", multiple=True, help="Output names, in order.")
 @click.option("--description", default="", help="Free text stored in the manifest.")
+@click.option(
+    "--labels",
+    "label_files",
+    multiple=True,
+    help="Class labels for the classification extension: [OUTPUT=]FILE, one label per line "
+    "in class-index order (OUTPUT may be left out when the model has one output).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def pack(
     *,
@@ -157,6 +164,7 @@ def pack(
     golden_examples: int,
     output_names: tuple[str, ...],
     description: str,
+    label_files: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Export a module (MODULE:FACTORY returns a module or (module, example_inputs)) or a
@@ -182,6 +190,7 @@ def pack(
         "golden_examples": golden_examples,
         "description": description,
         "input_ranges": ranges or None,
+        "labels": dict(read_labels(text) for text in label_files) or None,
     }
     started = time.monotonic()
     if torchscript is not None:
@@ -221,3 +230,20 @@ def pack(
     for role, tensor_specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for spec in tensor_specs:
             out.print(f"  {role:6} {spec.name}: {spec.datatype} {spec.shape}")
+
+
+def read_labels(text: str) -> tuple[str, list[str]]:
+    """`[OUTPUT=]FILE` -> (OUTPUT or "" for the only output, the file's labels)."""
+    output, sep, path = text.partition("=")
+    if not sep or "/" in output:
+        output, path = "", text
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--labels {text}: cannot read {path} ({exc}).") from None
+    labels = [line.strip() for line in lines]
+    while labels and not labels[-1]:  # a trailing newline or blank lines at the end
+        labels.pop()
+    if not labels:
+        raise UsageError(f"--labels {text}: {path} holds no labels; write one per line.")
+    return output, labels

@@ -74,6 +74,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str  # ISO 8601 UTC
     torchrig_version: str
     description: str = ""
+    # output name -> its class labels, in class-index order (`pack --labels`): the
+    # classification extension answers "score:index:label" with them
+    labels: dict[str, list[str]] = {}
 
 
 def manifest_to_json(manifest: Manifest) -> bytes:

@@ -65,6 +65,33 @@ class _Options:
     tolerances: dict[str, Tolerance] | None
     environment: EnvLock | None
     input_ranges: dict[str, tuple[int, int]] | None = None
+    labels: dict[str, list[str]] | None = None
+
+
+def _check_labels(labels: dict[str, list[str]] | None, outputs: list[str]) -> dict[str, list[str]]:
+    """Class labels per output, checked: a known output, at least one label, no line breaks."""
+    checked: dict[str, list[str]] = {}
+    for given, names in (labels or {}).items():
+        output = given
+        if output == "":  # `--labels FILE`: the model's only output
+            if len(outputs) != 1:
+                raise PackError(
+                    f"the model has {len(outputs)} outputs ({', '.join(outputs)}): name the one "
+                    "the labels are for, --labels OUTPUT=FILE."
+                )
+            output = outputs[0]
+        if output not in outputs:
+            raise PackError(
+                f"labels for output {output!r}, which the model does not have; its outputs are "
+                + ", ".join(outputs)
+                + "."
+            )
+        if not names:
+            raise PackError(f"the labels of output {output!r} are empty; give one per class.")
+        if any("\n" in name or "\r" in name for name in names):
+            raise PackError(f"a label of output {output!r} holds a line break; one per line.")
+        checked[output] = list(names)
+    return checked
 
 
 def _eager(module: Any, output_names: list[str] | None) -> Callable[[list[Any]], NamedTensors]:
@@ -199,6 +226,7 @@ def _write_version(
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             torchrig_version=__version__,
             description=options.description,
+            labels=_check_labels(options.labels, list(outputs.names)),
         )
         if options.config is not None:
             write_config_if_absent(model_dir, options.config)
@@ -224,6 +252,7 @@ def pack(
     tolerances: dict[str, Tolerance] | None = None,
     environment: EnvLock | None = None,
     input_ranges: dict[str, tuple[int, int]] | None = None,
+    labels: dict[str, list[str]] | None = None,
 ) -> PackedVersion:
     """Export `module` (in eval mode) and publish it as a new version of model `name`.
 
@@ -251,6 +280,7 @@ def pack(
         tolerances=tolerances,
         environment=environment,
         input_ranges=input_ranges,
+        labels=labels,
     )
 
     def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:
@@ -326,6 +356,7 @@ def pack_torchscript(
     tolerances: dict[str, Tolerance] | None = None,
     environment: EnvLock | None = None,
     input_ranges: dict[str, tuple[int, int]] | None = None,
+    labels: dict[str, list[str]] | None = None,
 ) -> PackedVersion:
     """Publish an existing TorchScript file as a version; pickles are refused unread."""
     source = Path(path)
@@ -350,6 +381,7 @@ def pack_torchscript(
         tolerances=tolerances,
         environment=environment,
         input_ranges=input_ranges,
+        labels=labels,
     )
 
     def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:

@@ -13,6 +13,7 @@ from torchrig.errors import InvalidInput
 from torchrig.packaging.manifest import TensorSpec
 from torchrig.protocol.body import ALIGN as _ALIGN
 from torchrig.protocol.body import Buffer, decompress_body
+from torchrig.protocol.classification import class_count
 from torchrig.protocol.tensors import (
     DATATYPES,
     ITEMSIZE,
@@ -312,8 +313,12 @@ def _requested_outputs(wires: list[_WireOutput] | None) -> list[RequestedOutput]
         if wire.name in seen:
             raise InvalidInput(f"output {wire.name!r} is requested more than once")
         seen.add(wire.name)
-        binary = _flag(wire.parameters or {}, "binary_data", f"output {wire.name!r}", None)
-        outputs.append(RequestedOutput(wire.name, binary))
+        parameters = wire.parameters or {}
+        binary = _flag(parameters, "binary_data", f"output {wire.name!r}", None)
+        classes = parameters.get("classification")
+        if classes is not None:
+            classes = class_count(classes, f"output {wire.name!r}")
+        outputs.append(RequestedOutput(wire.name, binary, classes or 0))
     return outputs
 
 

@@ -9,6 +9,7 @@ import torch
 
 from torchrig.errors import InferenceFailed, InvalidInput
 from torchrig.packaging.manifest import TensorSpec
+from torchrig.protocol.classification import classify
 from torchrig.protocol.tensors import TORCH_DTYPES, serialize_bytes
 from torchrig.protocol.types import RequestedOutput
 
@@ -44,6 +45,8 @@ def encode_infer_response(
     specs: list[TensorSpec],
     requested: list[RequestedOutput] | None,
     binary_output_default: bool,
+    labels: dict[str, list[str]] | None = None,
+    batching: bool = True,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and the headers it needs (Content-Type, and the JSON length).
 
@@ -56,7 +59,7 @@ def encode_infer_response(
     """
     by_name = {spec.name: spec for spec in specs}
     if requested is None:
-        chosen = [(spec, binary_output_default) for spec in specs]
+        chosen = [(spec, binary_output_default, 0) for spec in specs]
     else:
         chosen = []
         for output in requested:
@@ -67,15 +70,25 @@ def encode_infer_response(
                     + ", ".join(spec.name for spec in specs)
                 )
             binary = binary_output_default if output.binary is None else output.binary
-            chosen.append((spec, binary))
+            chosen.append((spec, binary, output.class_count))
 
     wire_outputs: list[_WireOutputTensor] = []
     raw: list[Any] = []
-    for spec, binary in chosen:
+    for spec, binary, classes in chosen:
         if spec.name not in outputs:
             raise InferenceFailed(f"model {model_name} produced no output {spec.name!r}")
         value = outputs[spec.name]
-        if spec.datatype == "BYTES":
+        if classes:
+            value = classify(
+                spec.name,
+                spec.datatype,
+                value,
+                classes,
+                (labels or {}).get(spec.name),
+                batching=batching,
+            )
+            wire, blob = _bytes_output(spec.name, value, binary)
+        elif spec.datatype == "BYTES":
             wire, blob = _bytes_output(spec.name, value, binary)
         else:
             wire, blob = _tensor_output(spec, value, binary)

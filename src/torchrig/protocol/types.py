@@ -16,6 +16,7 @@ class RequestedOutput(msgspec.Struct, frozen=True):
 
     name: str
     binary: bool | None = None
+    class_count: int = 0  # > 0: the classification extension's top classes instead
 
 
 class DecodedRequest(msgspec.Struct, frozen=True):

@@ -334,6 +334,8 @@ class V2App:
                 specs=manifest.outputs,
                 requested=request.outputs,
                 binary_output_default=request.binary_output_default,
+                labels=manifest.labels,
+                batching=manifest.batching,
             )
             extra_headers.update(response_headers)
             outcome = "success"

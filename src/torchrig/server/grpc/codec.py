@@ -18,6 +18,7 @@ import torch
 
 from torchrig.errors import InferenceFailed, InvalidInput
 from torchrig.packaging.manifest import TensorSpec
+from torchrig.protocol.classification import class_count, classify
 from torchrig.protocol.tensors import (
     DATATYPES,
     ITEMSIZE,
@@ -103,12 +104,11 @@ def decode_request(
                     f"output {output.name!r} names a shared-memory region; this server does "
                     "not support the shared-memory extension yet"
                 )
+            classes = 0
             if "classification" in output.parameters:
-                raise InvalidInput(
-                    f"output {output.name!r} asks for classification; this server does not "
-                    "support the classification extension yet: request the raw output"
-                )
-            outputs.append(RequestedOutput(output.name, True))
+                where = f"output {output.name!r}"
+                classes = class_count(parameter(output.parameters["classification"]), where)
+            outputs.append(RequestedOutput(output.name, True, classes))
     return DecodedRequest(
         id=request.id or None,
         parameters=parameters,
@@ -179,12 +179,14 @@ def encode_response(
     outputs: dict[str, Any],
     specs: Sequence[TensorSpec],
     requested: list[RequestedOutput] | None,
+    labels: dict[str, list[str]] | None = None,
+    batching: bool = True,
 ) -> pb.ModelInferResponse:
     """The response with every chosen output in `raw_output_contents`, in the order
     requested (signature order when the request named none)."""
     by_name = {spec.name: spec for spec in specs}
     if requested is None:
-        chosen = list(specs)
+        chosen = [(spec, 0) for spec in specs]
     else:
         chosen = []
         for output in requested:
@@ -194,15 +196,22 @@ def encode_response(
                     f"model {model_name} has no output {output.name!r}; its outputs are "
                     + ", ".join(s.name for s in specs)
                 )
-            chosen.append(spec)
+            chosen.append((spec, output.class_count))
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id or ""
     )
-    for spec in chosen:
+    for spec, classes in chosen:
         if spec.name not in outputs:
             raise InferenceFailed(f"model {model_name} produced no output {spec.name!r}")
-        shape, blob = raw_output(spec, outputs[spec.name])
-        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+        value, wire_spec = outputs[spec.name], spec
+        if classes:
+            label_list = (labels or {}).get(spec.name)
+            value = classify(
+                spec.name, spec.datatype, value, classes, label_list, batching=batching
+            )
+            wire_spec = TensorSpec(name=spec.name, datatype="BYTES", shape=[])
+        shape, blob = raw_output(wire_spec, value)
+        response.outputs.add(name=spec.name, datatype=wire_spec.datatype, shape=shape)
         response.raw_output_contents.append(blob)
     return response
 

@@ -241,6 +241,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=outputs,
                 specs=manifest.outputs,
                 requested=decoded.outputs,
+                labels=manifest.labels,
+                batching=manifest.batching,
             )
             outcome = "success"
             return response
