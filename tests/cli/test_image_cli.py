@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -115,7 +116,8 @@ def test_render_with_constraints_writes_a_context(tmp_path: Path) -> None:
     )
     names = {p.name for p in (tmp_path / "ctx").iterdir()}
     assert names == {"Dockerfile", "constraints.txt", "requirements.txt", "verify_pins.py",
-                     "entrypoint.sh", "healthcheck.py", ".dockerignore", "wheels"}  # fmt: skip
+                     "entrypoint.sh", "healthcheck.py", ".dockerignore", "wheels",
+                     "wheels.sha256"}  # fmt: skip
     assert os.access(tmp_path / "ctx" / "entrypoint.sh", os.X_OK)
     # torchrig is on no public index: the serve context carries a wheel of this torchrig
     wheel = tmp_path / "ctx" / "wheels" / f"torchrig-{__version__}-py3-none-any.whl"
@@ -123,6 +125,10 @@ def test_render_with_constraints_writes_a_context(tmp_path: Path) -> None:
         names = set(archive.namelist())
     assert "torchrig/image/render.py" in names
     assert f"torchrig-{__version__}.dist-info/METADATA" in names
+    # its checksum is copied into the build: a changed wheel is never a cached layer
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    sums = (tmp_path / "ctx" / "wheels.sha256").read_text()
+    assert sums == f"{digest}  /tmp/torchrig/wheels/{wheel.name}\n"
 
 
 def test_render_is_offline_and_asks_for_the_lock(tmp_path: Path) -> None:

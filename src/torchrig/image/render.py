@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ _FLAVOUR_FILES: dict[str, dict[str, str]] = {
     "serve": {"entrypoint.sh": "entrypoint.sh", "healthcheck.py": "healthcheck.py"},
 }
 WHEELS_DIR = "wheels"  # the context's wheelhouse, bind-mounted into the install step
+WHEELS_SUMS = "wheels.sha256"  # its checksums (sha256sum format), copied into the build
+WHEELS_MOUNT = "/tmp/torchrig/wheels"  # where the install step mounts the wheelhouse
 # lint rules the rendered Dockerfiles are allowed to break, each justified in the template
 IGNORED_HADOLINT_RULES = ("DL3008",)
 
@@ -70,7 +73,27 @@ class RenderedContext:
         if self.bundle_torchrig:
             write_torchrig_wheel(wheelhouse)
         written.append(wheelhouse)
+        # the wheels' checksums, copied into the build: a changed wheel changes a COPY, so no
+        # engine reuses a cached install step (bind-mount contents are not in buildah's
+        # cache key), and the install step checks the wheels against them
+        sums = directory / WHEELS_SUMS
+        sums.write_text(
+            "".join(
+                f"{_sha256(wheel)}  {WHEELS_MOUNT}/{wheel.name}\n"
+                for wheel in sorted(wheelhouse.glob("*.whl"))
+            ),
+            encoding="utf-8",
+        )
+        written.append(sums)
         return written
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -204,7 +227,7 @@ def render_context(
         "requirements.txt": "\n".join(requirements_for(spec, torchrig_spec=torchrig_spec)) + "\n",
         "verify_pins.py": template("verify_pins.py"),
         ".dockerignore": "*\n!requirements.txt\n!constraints.txt\n!verify_pins.py\n"
-        + f"!{WHEELS_DIR}\n!{WHEELS_DIR}/*.whl\n"
+        + f"!{WHEELS_DIR}\n!{WHEELS_DIR}/*.whl\n!{WHEELS_SUMS}\n"
         + "".join(f"!{name}\n" for name in _FLAVOUR_FILES[spec.flavour].values()),
     }
     for template_name, context_name in _FLAVOUR_FILES[spec.flavour].items():
