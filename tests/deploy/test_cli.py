@@ -58,8 +58,13 @@ def test_k8s_and_kserve_into_a_directory(tmp_path: Path) -> None:
             "poddisruptionbudget",
             "horizontalpodautoscaler",
             "servicemonitor",
+            "kustomization",
         )
     )
+    # teams overlay the output with kustomize: its kustomization lists every other file
+    kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    assert kustomization["resources"] == [n for n in names if n != "kustomization.yaml"]
     assert sorted(proc.stdout.splitlines()) == sorted(f"wrote {out / n}" for n in names)
     deployment = yaml.safe_load((out / "deployment.yaml").read_text())
     limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -97,11 +102,47 @@ def test_bad_input_is_one_error_line_and_nothing_written(
 
 
 def test_kserve_refuses_a_path_repository(tmp_path: Path) -> None:
-    args = ["--name", "ranker", "--image", IMAGE, "--model-repo", "/models"]
+    args = ["--name", "ranker", "--image", IMAGE, "--model-repo", "/models", "--model-in-image"]
     proc = torchrig("deploy", "kserve", *args, "-o", str(tmp_path / "never"))
     assert proc.returncode == 2
-    assert "not a storage URI KServe can download" in proc.stderr
+    assert "KServe needs a storage URI" in proc.stderr
     assert not (tmp_path / "never").exists()
+    hdfs = ["--name", "ranker", "--image", IMAGE, "--model-repo", "hdfs://nn/models"]
+    proc = torchrig("deploy", "kserve", *hdfs)
+    assert proc.returncode == 2
+    assert "the server cannot read hdfs://" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model-repo", "/models"], "nothing is mounted there"),
+        (["--model-repo", "ftp://x/y"], "cannot read ftp://"),
+        (["--model-volume", "pvc:Models"], "not a PersistentVolumeClaim name"),
+        (["--model-volume", "hostPath:/data"], "give pvc:CLAIM[:SUBPATH] or nfs:SERVER:/PATH"),
+        (["--model-volume", "pvc:m:../up"], "must be relative and stay inside it"),
+        (["--model-repo", "/tmp/m", "--model-volume", "pvc:m"], "a path the pod needs"),
+        (["--model-repo", "pvc://m/r", "--model-volume", "pvc:m"], "give the PVC once"),
+        (["--model-repo", "s3://b/r", "--model-volume", "pvc:m"], "drop --model-volume"),
+        (["--env", "AWS_SECRET_ACCESS_KEY=x"], "--env-from-secret NAME"),
+        (["--env", "1X=y"], "not KEY=VALUE"),
+        (["--env-from-secret", "S3_Creds"], "not a valid object name"),
+        (["--gpu-resource", "mig-1g.10gb"], "give nvidia.com/mig-1g.10gb"),
+        (["--gpu-resource", "amd.com/gpu"], "not a GPU resource torchrig knows"),
+        (["--gpu-product", "H100 80GB"], "not a label value"),
+        (["--labels", "app.kubernetes.io/name=x"], "set by torchrig"),
+        (["--workers", "0"], "--workers 0 must lie in"),
+    ],
+)
+def test_storage_and_pod_options_refused_with_the_fix(args: list[str], message: str) -> None:
+    base = ["--name", "ranker", "--image", IMAGE]
+    if "--model-repo" not in args and "--model-volume" not in args:
+        base += ["--model-repo", "s3://models/ranking"]
+    proc = torchrig("deploy", "k8s", *base, *args)
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.startswith("Error: ")
+    assert message in proc.stderr
+    assert proc.stdout == ""
 
 
 def test_monitoring_assets(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import yaml
 from torchrig.deploy import DeploySpec, render_k8s, to_yaml
 from torchrig.deploy.monitoring import adapter_values, alert_rules
 from torchrig.deploy.pod import PRESTOP_SLEEP_S
+from torchrig.deploy.spec import parse_quantity
 from torchrig.settings import load_settings
 
 Validate = Callable[[dict[str, Any]], None]
@@ -176,7 +177,10 @@ def test_the_server_reads_its_settings_from_the_env() -> None:
     assert serve.require_gpu is True
     assert serve.management_token_file == "/var/run/secrets/torchrig/token"
     assert container["args"] == ["torchrig", "serve", "s3://models/ranking"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+    ]
 
 
 def test_management_token_secret_is_mounted_as_a_file() -> None:
@@ -248,8 +252,14 @@ def test_autoscaler_on_inflight_requests_with_cpu_fallback() -> None:
     served = {rule["name"]["as"] for rule in adapter_values()["rules"]["custom"]}
     assert pods["pods"]["metric"]["name"] in served  # the Prometheus adapter provides it
     assert cpu["resource"]["name"] == "cpu"
-    assert cpu["resource"]["target"]["type"] == "Utilization"
-    assert "cpu" in server(list(docs.values()))["resources"]["requests"]  # needed by CPU HPA
+    # one server process uses about one core at most (its event loop holds the GIL): the
+    # fallback is a value per process it can reach, not a share of the 4-core request
+    assert cpu["resource"]["target"] == {"type": "AverageValue", "averageValue": "800m"}
+    workers = by_kind(rendered(make(workers=4)))
+    target = workers["HorizontalPodAutoscaler"]["spec"]["metrics"][1]["resource"]["target"]
+    assert target["averageValue"] == "3200m"
+    requested = server(list(workers.values()))["resources"]["requests"]["cpu"]
+    assert parse_quantity(target["averageValue"], what="t") < parse_quantity(requested, what="r")
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
     # the autoscaler owns the replica count: `kubectl apply` must not reset it
     assert "replicas" not in docs["Deployment"]["spec"]

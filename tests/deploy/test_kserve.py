@@ -63,7 +63,7 @@ def test_the_crd_schemas_can_fail(validate_manifest: Validate) -> None:
 def test_runtime_speaks_v2_for_the_torchrig_format() -> None:
     docs = rendered(make())
     runtime, service = docs["ServingRuntime"]["spec"], docs["InferenceService"]
-    assert runtime["protocolVersions"] == ["v2"]
+    assert runtime["protocolVersions"] == ["v2", "grpc-v2"]  # REST and gRPC (#16)
     formats = runtime["supportedModelFormats"]
     model = service["spec"]["predictor"]["model"]
     assert model["modelFormat"] in [{"name": f["name"], "version": f["version"]} for f in formats]

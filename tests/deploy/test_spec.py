@@ -29,7 +29,10 @@ def test_defaults() -> None:
     assert made.shm_size == "2Gi"
     assert made.drain_timeout_s == 30.0
     assert made.node_selector == (("nvidia.com/gpu.present", "true"),)
-    assert made.notes() == []
+    (note,) = made.notes()  # an object store and no identity: say how to give one
+    assert "--service-account" in note
+    assert "--env-from-secret" in note
+    assert spec(service_account="ranker-reader").notes() == []
 
 
 def test_memory_default_and_shm_scale_with_the_gpus() -> None:
@@ -77,7 +80,7 @@ def test_quantities(text: str, value: Decimal) -> None:
         ({"memory": "16GB"}, "is not a Kubernetes quantity"),
         ({"memory": "16000m"}, "milli-bytes"),
         ({"memory": "2Gi"}, "give at least 3Gi"),
-        ({"gpus": 8, "memory": "16Gi"}, "/dev/shm (16Gi for 8 GPU(s))"),
+        ({"gpus": 8, "memory": "16Gi"}, "/dev/shm (16Gi for 8 GPU(s), 1 worker(s))"),
         ({"cpu": "0"}, "--cpu '0' must be positive"),
         ({"cpu": "10m"}, "at least 100m"),
         ({"replicas": 0}, "--replicas 0 must be at least 1"),
@@ -122,10 +125,14 @@ def test_node_selector_replaces_the_default() -> None:
     assert made.node_selector == (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)
 
 
-def test_notes_for_a_foreign_image_and_a_path_repository() -> None:
+def test_notes_for_a_foreign_image_and_an_extra_the_image_lacks() -> None:
     notes = spec(
-        image="pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime", model_repo="/models"
+        image="pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime",
+        model_repo="az://models/ranking",
+        service_account="ranker",
     ).notes()
     assert len(notes) == 2
     assert "not a torchrig serve image" in notes[0]
-    assert "mount a volume there" in notes[1]
+    # az:// is read by adlfs: the render names the extra the serve image lacks
+    assert "need the 'azure' extra" in notes[1]
+    assert "torchrig[s3,gcs,azure]" in notes[1]

@@ -30,10 +30,40 @@ def _workload_options(func: F) -> F:
         click.option("--image", required=True,
                      help="Serve image, pinned by tag or digest, e.g. "
                      "registry.example.com/platform/pytorch:2.9.1-cuda12.8-serve."),
-        click.option("--model-repo", required=True,
-                     help="Model repository as the pod reaches it (s3://, gs://, ...)."),
+        click.option("--model-repo", default=None,
+                     help="Model repository as the pod reaches it: s3://, gs://, az://, "
+                     "https:// (read by the server), pvc://CLAIM/PATH, or the path where "
+                     "--model-volume is mounted [default with a volume: /models]."),
+        click.option("--model-volume", default=None, metavar="pvc:CLAIM[:SUBPATH]",
+                     help="Mount the repository read-only from a PVC (or nfs:SERVER:/PATH)."),
+        click.option("--model-in-image", is_flag=True, default=False,
+                     help="--model-repo is a path inside the image: mount nothing."),
         click.option("--gpus", type=int, default=1, show_default=True,
-                     help="GPUs per pod (1 to 8)."),
+                     help="GPUs (or MIG slices) per pod (1 to 8)."),
+        click.option("--gpu-resource", default=None,
+                     help="GPU resource name, e.g. nvidia.com/mig-1g.10gb for a MIG slice "
+                     "[default: nvidia.com/gpu]."),
+        click.option("--gpu-product", multiple=True, metavar="PRODUCT",
+                     help="Only nodes with this GPU (nvidia.com/gpu.product label), "
+                     "e.g. NVIDIA-H100-80GB-HBM3 (repeatable: any of them)."),
+        click.option("--workers", type=int, default=1, show_default=True,
+                     help="Server processes per pod; the CPU request and /dev/shm follow."),
+        click.option("--service-account", default=None,
+                     help="Pod identity (IRSA, GKE or Azure Workload Identity) for s3://, "
+                     "gs://, az:// repositories."),
+        click.option("--env", multiple=True, metavar="KEY=VALUE",
+                     help="Container environment variable (repeatable; no credentials)."),
+        click.option("--env-from-secret", multiple=True, metavar="SECRET",
+                     help="Every key of this Secret as an environment variable, e.g. "
+                     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (repeatable)."),
+        click.option("--image-pull-secret", multiple=True, metavar="SECRET",
+                     help="Registry credentials for a private image (repeatable)."),
+        click.option("--labels", multiple=True, metavar="KEY=VALUE",
+                     help="Extra label on every object and pod (repeatable)."),
+        click.option("--annotations", multiple=True, metavar="KEY=VALUE",
+                     help="Extra annotation on every object and pod (repeatable)."),
+        click.option("--priority-class", default=None,
+                     help="PriorityClass of the pods."),
         click.option("--memory", default=None,
                      help="Memory request and limit per pod [default: 16Gi per GPU]."),
         click.option("--cpu", default=None, help="CPU request per pod (no limit) [default: 4]."),
@@ -70,7 +100,19 @@ def _spec(options: dict[str, Any]) -> Any:
         name=options["name"],
         image=options["image"],
         model_repo=options["model_repo"],
+        model_volume=options["model_volume"],
+        model_in_image=options["model_in_image"],
         gpus=options["gpus"],
+        gpu_resource=options["gpu_resource"],
+        gpu_products=tuple(options["gpu_product"]),
+        workers=options["workers"],
+        service_account=options["service_account"],
+        env=tuple(options["env"]),
+        env_from_secrets=tuple(options["env_from_secret"]),
+        image_pull_secrets=tuple(options["image_pull_secret"]),
+        labels=tuple(options["labels"]),
+        annotations=tuple(options["annotations"]),
+        priority_class=options["priority_class"],
         memory=options["memory"],
         cpu=options["cpu"],
         namespace=options["namespace"],
@@ -135,7 +177,7 @@ def kserve_command(monitor: str, output: Path | None, **options: Any) -> None:
     from torchrig.deploy.kserve import check_storage_uri
 
     spec = _spec(options)
-    check_storage_uri(spec.model_repo)
+    check_storage_uri(spec.storage.kserve_uri())
     _emit(render_kserve(spec, monitor=monitor), output, spec.notes())
 
 

@@ -3,7 +3,10 @@ Prometheus Operator monitor and management-token Secret, as plain dicts.
 
 The autoscaler scales on torchrig's own in-flight requests per pod (served to the HPA by
 the Prometheus adapter's custom metrics API, see `deploy monitoring`), with CPU as a
-second metric that still works when the adapter does not answer.
+second metric that still works when the adapter does not answer. That fallback is an
+average CPU *value* per pod, sized to the server processes: one process is bounded by about
+one core (its event loop holds the GIL), so a utilisation target of a 4-core request could
+never be reached by a single-worker GPU server.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import secrets
 
 from torchrig.deploy.pod import (
     APP_LABEL,
+    GRPC_PORT,
+    GRPC_PORT_NAME,
     HTTP_PORT,
     PORT_NAME,
     STARTUP_BUDGET_S,
@@ -21,6 +26,9 @@ from torchrig.deploy.pod import (
     labels,
     metadata,
     node_selector,
+    object_labels,
+    placement,
+    pod_annotations,
     pod_security,
     termination_grace_s,
     token_secret_name,
@@ -30,7 +38,8 @@ from torchrig.deploy.pod import (
 from torchrig.deploy.spec import DeploySpec
 
 AUTOSCALE_METRIC = "torchrig_inflight_requests"  # the adapter exposes it under this name
-CPU_FALLBACK_UTILIZATION = 80
+# scale out when the pods' server processes average 80 % of the one core each can use
+CPU_FALLBACK_MILLICORES_PER_WORKER = 800
 SCRAPE_INTERVAL = "15s"
 SCRAPE_TIMEOUT = "10s"
 MONITORS = ("servicemonitor", "podmonitor", "none")
@@ -86,7 +95,14 @@ def service(spec: DeploySpec) -> Manifest:
                     "targetPort": PORT_NAME,
                     "protocol": "TCP",
                     "appProtocol": "http",
-                }
+                },
+                {
+                    "name": GRPC_PORT_NAME,
+                    "port": GRPC_PORT,
+                    "targetPort": GRPC_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
             ],
         },
     }
@@ -105,12 +121,10 @@ def deployment(spec: DeploySpec) -> Manifest:
             "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
         },
         "template": {
-            "metadata": {
-                "labels": labels(spec),
-                "annotations": {"kubectl.kubernetes.io/default-container": "server"},
-            },
+            "metadata": {"labels": object_labels(spec), "annotations": pod_annotations(spec)},
             "spec": {
                 "automountServiceAccountToken": False,  # the server never calls the API
+                **placement(spec),
                 "enableServiceLinks": False,
                 "terminationGracePeriodSeconds": termination_grace_s(spec),
                 "securityContext": pod_security(),
@@ -165,9 +179,11 @@ def autoscaler(spec: DeploySpec, kind: str, target: str) -> Manifest:
     """An HPA on in-flight requests per pod (custom metric), with CPU as the fallback.
 
     The HPA takes the largest replica count its metrics propose; when the custom metric
-    is unavailable it still scales up on CPU. Scale-up is quick, scale-down slow: a new
-    GPU pod costs minutes of warm-up.
+    is unavailable it still scales up on CPU: 800m per server process on average, which a
+    busy process reaches (a utilisation of the whole request would not be, see the module
+    docstring). Scale-up is quick, scale-down slow: a new GPU pod costs minutes of warm-up.
     """
+    cpu_target = f"{CPU_FALLBACK_MILLICORES_PER_WORKER * spec.workers}m"
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -191,10 +207,7 @@ def autoscaler(spec: DeploySpec, kind: str, target: str) -> Manifest:
                     "type": "Resource",
                     "resource": {
                         "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": CPU_FALLBACK_UTILIZATION,
-                        },
+                        "target": {"type": "AverageValue", "averageValue": cpu_target},
                     },
                 },
             ],

@@ -1,7 +1,7 @@
 """`torchrig deploy kserve`: torchrig as a KServe serving runtime.
 
 torchrig speaks the Open Inference Protocol, so the `ServingRuntime` declares
-`protocolVersions: [v2]` and a model format of its own ("torchrig"), and the
+`protocolVersions: [v2, grpc-v2]` and a model format of its own ("torchrig"), and the
 `InferenceService` names that runtime explicitly. KServe's storage initializer copies the
 repository at `storageUri` to /mnt/models, which the server then serves.
 
@@ -18,11 +18,15 @@ import re
 from torchrig.deploy.k8s import autoscaler, disruption_budget, pod_monitor, token_secret
 from torchrig.deploy.pod import (
     Manifest,
+    affinity,
     container,
     labels,
     metadata,
     node_selector,
+    object_labels,
+    placement,
     pod_security,
+    pull_secrets,
     resources,
     termination_grace_s,
     tolerations,
@@ -62,7 +66,7 @@ def render_kserve(
     """ServingRuntime, InferenceService, and the Secret, PDB, HPA and PodMonitor around them."""
     if monitor not in MONITORS:
         raise ValueError(f"monitor must be one of {MONITORS}, not {monitor!r}")
-    check_storage_uri(spec.model_repo)
+    check_storage_uri(spec.storage.kserve_uri())
     docs: list[Manifest] = []
     if spec.token_secret is None:
         docs.append(token_secret(spec, token))
@@ -83,6 +87,10 @@ def serving_runtime(spec: DeploySpec) -> Manifest:
         port=KSERVE_PORT,
         port_name=KSERVE_PORT_NAME,
         with_resources=False,  # per model, in the InferenceService
+        with_models=False,  # KServe mounts a pvc:// storageUri itself
+        # KServe routes one declared port per predictor (Knative's rule, kept in raw mode
+        # by older releases): HTTP; the server still listens for gRPC on 8001
+        with_grpc=False,
     )
     return {
         "apiVersion": "serving.kserve.io/v1alpha1",
@@ -92,14 +100,26 @@ def serving_runtime(spec: DeploySpec) -> Manifest:
             "supportedModelFormats": [
                 {"name": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "autoSelect": False}
             ],
-            "protocolVersions": ["v2"],
+            "protocolVersions": ["v2", "grpc-v2"],
             "multiModel": False,
             "containers": [server],
-            "volumes": volumes(spec),
+            # KServe mounts a pvc:// storageUri itself, at /mnt/models
+            "volumes": volumes(spec, with_models=False),
             "nodeSelector": node_selector(spec),
             "tolerations": tolerations(),
+            **_runtime_placement(spec),
         },
     }
+
+
+def _runtime_placement(spec: DeploySpec) -> Manifest:
+    """Registry credentials for the runtime's image, and the GPU model it needs."""
+    fields: Manifest = {}
+    if spec.image_pull_secrets:
+        fields["imagePullSecrets"] = pull_secrets(spec)
+    if (node_affinity := affinity(spec)) is not None:
+        fields["affinity"] = node_affinity
+    return fields
 
 
 def inference_service(spec: DeploySpec) -> Manifest:
@@ -118,17 +138,27 @@ def inference_service(spec: DeploySpec) -> Manifest:
             "predictor": {
                 "minReplicas": low,
                 "maxReplicas": high,
-                "labels": labels(spec),
+                "labels": object_labels(spec),
+                **({"annotations": dict(spec.annotations)} if spec.annotations else {}),
                 "automountServiceAccountToken": False,
+                # the storage initializer reads s3:// and gs:// with this identity too
+                **_predictor_identity(spec),
                 "terminationGracePeriodSeconds": termination_grace_s(spec),
                 "securityContext": pod_security(),
                 "model": {
                     "modelFormat": {"name": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION},
                     "runtime": spec.name,
                     "protocolVersion": "v2",
-                    "storageUri": spec.model_repo,
+                    "storageUri": spec.storage.kserve_uri(),
                     "resources": resources(spec),
                 },
             }
         },
+    }
+
+
+def _predictor_identity(spec: DeploySpec) -> Manifest:
+    fields = placement(spec)
+    return {
+        key: fields[key] for key in ("serviceAccountName", "priorityClassName") if key in fields
     }

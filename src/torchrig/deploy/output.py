@@ -10,6 +10,8 @@ import yaml
 
 from torchrig.errors import UsageError
 
+KUSTOMIZATION = "kustomization.yaml"
+
 
 class _Dumper(yaml.SafeDumper):
     """Safe YAML with multi-line strings as literal blocks (a dashboard, a PromQL query)."""
@@ -31,14 +33,26 @@ def to_yaml(docs: Iterable[Mapping[str, Any]]) -> str:
 
 
 def manifest_files(docs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """One file per object, named by kind: `deployment.yaml`, `service.yaml`, ..."""
+    """One file per object, named by kind: `deployment.yaml`, `service.yaml`, ..., and the
+    `kustomization.yaml` that lists them."""
     files: dict[str, str] = {}
     for doc in docs:
         name = f"{str(doc['kind']).lower()}.yaml"
         if name in files:  # pragma: no cover - each renderer emits one object per kind
             raise ValueError(f"two objects of kind {doc['kind']}")
         files[name] = to_yaml([doc])
+    files[KUSTOMIZATION] = kustomization(files)
     return files
+
+
+def kustomization(files: Iterable[str]) -> str:
+    """A `kustomization.yaml` listing the manifest files: teams overlay it rather than edit."""
+    doc = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": sorted(name for name in files if name != KUSTOMIZATION),
+    }
+    return to_yaml([doc])
 
 
 def write_files(directory: Path, files: Mapping[str, str]) -> list[Path]:

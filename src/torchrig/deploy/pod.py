@@ -13,7 +13,9 @@ import dataclasses
 import math
 from typing import Any
 
+from torchrig.deploy.options import GPU_PRODUCT_LABEL
 from torchrig.deploy.spec import DeploySpec
+from torchrig.deploy.storage import VOLUME_NAME
 from torchrig.image.render import UID
 from torchrig.settings import ENV_PREFIX, ServeSettings
 
@@ -21,6 +23,8 @@ Manifest = dict[str, Any]
 
 HTTP_PORT = ServeSettings.port  # the serve image EXPOSEs it
 PORT_NAME = "http"
+GRPC_PORT = 8001  # the server's V2 gRPC service (Triton's port); probes stay on HTTP
+GRPC_PORT_NAME = "grpc"
 HOME = "/home/torchrig"  # the serve image's user home and WORKDIR
 CACHE_DIR = f"{HOME}/.cache"
 TOKEN_DIR = "/var/run/secrets/torchrig"
@@ -28,7 +32,6 @@ TOKEN_KEY = "token"
 PRESTOP_SLEEP_S = 10  # time for endpoint removal to reach every proxy before SIGTERM
 RELEASE_MARGIN_S = 20  # after the drain: releasing models, flushing logs
 STARTUP_BUDGET_S = 900  # doctor, model download, load and warm-up
-GPU_RESOURCE = "nvidia.com/gpu"
 APP_LABEL = "app.kubernetes.io/name"
 APP = "torchrig"  # also the Prometheus job name the alert rules select
 
@@ -38,13 +41,25 @@ def labels(spec: DeploySpec) -> dict[str, str]:
     return {APP_LABEL: APP, "app.kubernetes.io/instance": spec.name}
 
 
+def object_labels(spec: DeploySpec) -> dict[str, str]:
+    """The selector labels and the user's --labels: on every object and on the pods."""
+    return {**dict(spec.labels), **labels(spec)}
+
+
 def metadata(spec: DeploySpec, name: str, **extra: Any) -> Manifest:
     meta: Manifest = {"name": name}
     if spec.namespace:
         meta["namespace"] = spec.namespace
-    meta["labels"] = labels(spec)
+    meta["labels"] = object_labels(spec)
+    annotations = {**dict(spec.annotations), **extra.pop("annotations", {})}
+    if annotations:
+        meta["annotations"] = annotations
     meta.update(extra)
     return meta
+
+
+def pod_annotations(spec: DeploySpec) -> dict[str, str]:
+    return {**dict(spec.annotations), "kubectl.kubernetes.io/default-container": "server"}
 
 
 def token_secret_name(spec: DeploySpec) -> str:
@@ -70,11 +85,22 @@ def termination_grace_s(spec: DeploySpec) -> int:
 
 
 def resources(spec: DeploySpec) -> Manifest:
-    """GPU and memory requests equal to limits; CPU requested, not capped (no throttling)."""
+    """GPU (or MIG slice) and memory requests equal to limits; CPU requested, not capped
+    (no throttling)."""
+    gpu = spec.gpu_resource
     return {
-        "requests": {"cpu": spec.cpu, "memory": spec.memory, GPU_RESOURCE: spec.gpus},
-        "limits": {"memory": spec.memory, GPU_RESOURCE: spec.gpus},
+        "requests": {"cpu": spec.cpu, "memory": spec.memory, gpu: spec.gpus},
+        "limits": {"memory": spec.memory, gpu: spec.gpus},
     }
+
+
+def user_env(spec: DeploySpec, env: list[Manifest]) -> list[Manifest]:
+    """torchrig's env with the user's --env on top (a user value replaces torchrig's)."""
+    given = dict(spec.env)
+    if spec.storage.extra == "azure":  # adlfs is anonymous unless told otherwise
+        given.setdefault("AZURE_STORAGE_ANON", "false")
+    kept = [item for item in env if item["name"] not in given]
+    return kept + [{"name": key, "value": value} for key, value in given.items()]
 
 
 def container(
@@ -85,6 +111,8 @@ def container(
     port: int,
     port_name: str,
     with_resources: bool = True,
+    with_models: bool = True,
+    with_grpc: bool = True,
 ) -> Manifest:
     """The server container: `torchrig serve REPOSITORY` after the image's quick doctor."""
     env = [
@@ -93,6 +121,7 @@ def container(
         serve_env("log_format", "json"),
         serve_env("drain_timeout_s", spec.drain_timeout_s),
         serve_env("require_gpu", True),
+        *([serve_env("workers", spec.workers)] if spec.workers > 1 else []),
         {"name": f"{ENV_PREFIX}DOCTOR_REQUIRE_GPU", "value": "true"},
         # the bearer token of the management API, as a file from the Secret
         serve_env("management_token_file", f"{TOKEN_DIR}/{TOKEN_KEY}"),
@@ -109,7 +138,7 @@ def container(
         # the image's ENTRYPOINT runs the quick doctor first; args replace only its CMD
         "args": ["torchrig", "serve", repository],
         "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
-        "env": env,
+        "env": user_env(spec, env),
         # readiness as the startup probe: liveness waits out doctor, download and warm-up
         "startupProbe": _http_probe(
             "/v2/health/ready", port_name, period_s=10, timeout_s=5, failures=STARTUP_BUDGET_S // 10
@@ -130,6 +159,16 @@ def container(
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if with_grpc:  # the server's V2 gRPC service, beside HTTP
+        grpc = {"name": GRPC_PORT_NAME, "containerPort": GRPC_PORT, "protocol": "TCP"}
+        body["ports"].append(grpc)
+    if spec.env_from_secrets:  # credentials (AWS_*, GOOGLE_*, AZURE_*) stay in the Secret
+        body["envFrom"] = [{"secretRef": {"name": name}} for name in spec.env_from_secrets]
+    if with_models and spec.storage.kind == "volume":
+        mount: Manifest = {"name": VOLUME_NAME, "mountPath": repository, "readOnly": True}
+        if spec.storage.sub_path:
+            mount["subPath"] = spec.storage.sub_path
+        body["volumeMounts"].append(mount)
     if with_resources:
         body["resources"] = resources(spec)
     return body
@@ -166,10 +205,14 @@ def pod_security() -> Manifest:
     }
 
 
-def volumes(spec: DeploySpec) -> list[Manifest]:
+def volumes(spec: DeploySpec, *, with_models: bool = True) -> list[Manifest]:
     """/dev/shm in memory sized to the GPUs; writable /tmp and cache under a read-only root;
-    the management token as a file readable by the server's group only."""
+    the management token as a file readable by the server's group only; the model volume."""
+    models = []
+    if with_models and spec.storage.kind == "volume":
+        models = [{"name": VOLUME_NAME, **spec.storage.volume_source()}]
     return [
+        *models,
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
         {"name": "cache", "emptyDir": {"sizeLimit": "8Gi"}},
@@ -186,8 +229,44 @@ def volumes(spec: DeploySpec) -> list[Manifest]:
 
 def tolerations() -> list[Manifest]:
     """GPU node pools are commonly tainted nvidia.com/gpu (GKE, AKS, the GPU operator)."""
-    return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 def node_selector(spec: DeploySpec) -> dict[str, str]:
     return dict(spec.node_selector)
+
+
+def affinity(spec: DeploySpec) -> Manifest | None:
+    """With --gpu-product: only nodes whose GPU feature discovery label names one of them."""
+    if not spec.gpu_products:
+        return None
+    term = {
+        "matchExpressions": [
+            {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(spec.gpu_products)}
+        ]
+    }
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+        }
+    }
+
+
+def pull_secrets(spec: DeploySpec) -> list[Manifest]:
+    return [{"name": name} for name in spec.image_pull_secrets]
+
+
+def placement(spec: DeploySpec) -> Manifest:
+    """The optional pod fields: identity, registry credentials, priority, GPU model."""
+    fields: Manifest = {}
+    if spec.service_account:
+        # IRSA and Azure Workload Identity project their own token; GKE's metadata server
+        # needs none: the API token stays unmounted
+        fields["serviceAccountName"] = spec.service_account
+    if spec.image_pull_secrets:
+        fields["imagePullSecrets"] = pull_secrets(spec)
+    if spec.priority_class:
+        fields["priorityClassName"] = spec.priority_class
+    if (node_affinity := affinity(spec)) is not None:
+        fields["affinity"] = node_affinity
+    return fields

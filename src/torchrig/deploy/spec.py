@@ -11,16 +11,32 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from torchrig.deploy.options import (
+    GPU_RESOURCE,
+    check_gpu_resource,
+    check_object_name,
+    mig_memory_gib,
+    milli_cpu,
+    parse_env,
+    parse_gpu_products,
+    parse_metadata,
+)
+from torchrig.deploy.storage import ModelStorage, model_storage
 from torchrig.errors import UsageError
+from torchrig.image.lock import SERVE_EXTRAS
 from torchrig.settings import ServeSettings
 
 MAX_GPUS = 8  # an HGX/DGX node: the most GPUs the common node types carry
 # a name stays a valid InferenceService and Service name with KServe's "-predictor" added
 MAX_NAME = 53
-SHM_PER_GPU = 2 << 30  # memory-backed /dev/shm per GPU (Docker's default is 64 MiB)
+SHM_PER_GPU = 2 << 30  # memory-backed /dev/shm per GPU or worker (Docker's default is 64 MiB)
+SHM_PER_MIG = 1 << 30  # per MIG slice: a slice holds a smaller model
 MEMORY_PER_GPU = 16 << 30  # default container memory per GPU
 MIN_MEMORY = 1 << 30
+MIN_MIG_MEMORY = 4 << 30
 DEFAULT_CPU = "4"
+CPU_PER_WORKER = 2  # a server process: its event loop, and torch's host-side work
+MAX_WORKERS = 64
 DEFAULT_MIN_REPLICAS = 2
 DEFAULT_MAX_REPLICAS = 8
 DEFAULT_TARGET_INFLIGHT = 32
@@ -130,9 +146,13 @@ def check_model_repo(url: str) -> str:
         return url
     raise UsageError(
         f"--model-repo {url!r} is neither a URL nor an absolute path: give the repository as "
-        "the pod sees it, e.g. s3://models/ranking or gs://bucket/repo (or /models for a "
-        "volume you mount)"
+        "the pod sees it, e.g. s3://models/ranking or gs://bucket/repo (or --model-volume "
+        "pvc:CLAIM for a volume)"
     )
+
+
+def _check_names(items: tuple[str, ...], what: str, example: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(check_object_name(i, what=what, example=example) for i in items))
 
 
 def parse_node_selector(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -159,7 +179,8 @@ class DeploySpec:
 
     name: str
     image: str
-    model_repo: str
+    model_repo: str  # the `torchrig serve` argument: a URL or a path in the container
+    storage: ModelStorage
     gpus: int = 1
     memory: str = ""  # empty: MEMORY_PER_GPU per GPU
     cpu: str = DEFAULT_CPU
@@ -171,6 +192,16 @@ class DeploySpec:
     drain_timeout_s: float = ServeSettings.drain_timeout_s
     node_selector: tuple[tuple[str, str], ...] = DEFAULT_NODE_SELECTOR
     token_secret: str | None = None  # an existing Secret: then none is rendered
+    workers: int = 1
+    env: tuple[tuple[str, str], ...] = ()
+    env_from_secrets: tuple[str, ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    priority_class: str | None = None
+    gpu_products: tuple[str, ...] = ()
+    gpu_resource: str = GPU_RESOURCE
 
     @classmethod
     def create(
@@ -178,7 +209,9 @@ class DeploySpec:
         *,
         name: str,
         image: str,
-        model_repo: str,
+        model_repo: str | None = None,
+        model_volume: str | None = None,
+        model_in_image: bool = False,
         gpus: int = 1,
         memory: str | None = None,
         cpu: str | None = None,
@@ -190,11 +223,28 @@ class DeploySpec:
         drain_timeout_s: float | None = None,
         node_selector: tuple[str, ...] = (),
         token_secret: str | None = None,
+        workers: int = 1,
+        env: tuple[str, ...] = (),
+        env_from_secrets: tuple[str, ...] = (),
+        image_pull_secrets: tuple[str, ...] = (),
+        service_account: str | None = None,
+        labels: tuple[str, ...] = (),
+        annotations: tuple[str, ...] = (),
+        priority_class: str | None = None,
+        gpu_products: tuple[str, ...] = (),
+        gpu_resource: str | None = None,
     ) -> DeploySpec:
         """Validate the inputs (None: the default) and build the spec, or raise UsageError."""
         check_name(name)
         check_image(image)
-        check_model_repo(model_repo)
+        storage = model_storage(model_repo, model_volume, model_in_image=model_in_image)
+        resource = check_gpu_resource(gpu_resource or GPU_RESOURCE)
+        if not 1 <= workers <= MAX_WORKERS:
+            raise UsageError(f"--workers {workers} must lie in 1..{MAX_WORKERS}")
+        if service_account is not None:
+            check_object_name(service_account, what="--service-account", example="ranker-reader")
+        if priority_class is not None:
+            check_object_name(priority_class, what="--priority-class", example="serving-high")
         if namespace is not None:
             check_namespace(namespace)
         if token_secret is not None and (len(token_secret) > 253 or not _LABEL.match(token_secret)):
@@ -211,16 +261,20 @@ class DeploySpec:
                 f"--gpus {gpus} is more than a node has ({MAX_GPUS} on an HGX/DGX node), so the "
                 f"pod would never be scheduled: give 1 to {MAX_GPUS} and scale out with replicas"
             )
-        memory = memory or gibibytes(MEMORY_PER_GPU * gpus >> 30)
+        slice_gib = mig_memory_gib(resource)
+        # for a MIG slice: host memory to stage what fits in the slice, twice over
+        per_gpu = max(MIN_MIG_MEMORY, (2 * slice_gib) << 30) if slice_gib else MEMORY_PER_GPU
+        memory = memory or gibibytes(per_gpu * gpus >> 30)
         memory_bytes = parse_quantity(memory, what="--memory", binary_only=True)
-        shm = SHM_PER_GPU * gpus
+        shm = shm_bytes(gpus, workers, resource)
         if memory_bytes < max(MIN_MEMORY, shm + MIN_MEMORY):
             need = gibibytes(max(MIN_MEMORY, shm + MIN_MEMORY) >> 30)
             raise UsageError(
                 f"--memory {memory} is too little: /dev/shm ({gibibytes(shm >> 30)} for {gpus} "
-                f"GPU(s)) is memory-backed and counts against the limit; give at least {need}"
+                f"GPU(s), {workers} worker(s)) is memory-backed and counts against the limit; "
+                f"give at least {need}"
             )
-        cpu = cpu or DEFAULT_CPU
+        cpu = cpu or milli_cpu(max(Decimal(DEFAULT_CPU), Decimal(CPU_PER_WORKER * workers)))
         if parse_quantity(cpu, what="--cpu") < Decimal("0.1"):
             raise UsageError(f"--cpu {cpu} is too little to run the server: give at least 100m")
         if replicas is not None and (min_replicas is not None or max_replicas is not None):
@@ -248,7 +302,8 @@ class DeploySpec:
         return cls(
             name=name,
             image=image,
-            model_repo=model_repo,
+            model_repo=storage.repo,
+            storage=storage,
             gpus=gpus,
             memory=memory,
             cpu=cpu,
@@ -260,6 +315,18 @@ class DeploySpec:
             drain_timeout_s=drain,
             node_selector=parse_node_selector(node_selector) or DEFAULT_NODE_SELECTOR,
             token_secret=token_secret,
+            workers=workers,
+            env=parse_env(env),
+            env_from_secrets=_check_names(env_from_secrets, "--env-from-secret", "s3-credentials"),
+            image_pull_secrets=_check_names(
+                image_pull_secrets, "--image-pull-secret", "registry-credentials"
+            ),
+            service_account=service_account,
+            labels=parse_metadata(labels, what="--labels"),
+            annotations=parse_metadata(annotations, what="--annotations"),
+            priority_class=priority_class,
+            gpu_products=parse_gpu_products(gpu_products),
+            gpu_resource=resource,
         )
 
     @property
@@ -268,7 +335,7 @@ class DeploySpec:
 
     @property
     def shm_size(self) -> str:
-        return gibibytes(SHM_PER_GPU * self.gpus >> 30)
+        return gibibytes(shm_bytes(self.gpus, self.workers, self.gpu_resource) >> 30)
 
     def notes(self) -> list[str]:
         """Things worth saying on stderr that are not errors."""
@@ -280,9 +347,31 @@ class DeploySpec:
                 "(pytorch:<torch>-cuda<X.Y>-serve): the manifests assume its entrypoint "
                 "(the quick doctor, then the command) and its user, UID 10001"
             )
-        if self.model_repo.startswith("/"):
+        storage = self.storage
+        if storage.extra and storage.extra not in SERVE_EXTRAS:
             notes.append(
-                f"--model-repo {self.model_repo} is a path: mount a volume there (a PVC or a "
-                "CSI driver), or give an fsspec URL such as s3://bucket/repo"
+                f"{storage.scheme}:// repositories need the '{storage.extra}' extra, which the "
+                f"serve image does not install (it has torchrig[{','.join(SERVE_EXTRAS)}]): "
+                "build it with torchrig image build ... --torchrig-spec "
+                f"'torchrig[{','.join((*SERVE_EXTRAS, storage.extra))}]==<version>'"
+            )
+        public = storage.scheme in ("http", "https")
+        identity = self.service_account is not None or bool(self.env_from_secrets)
+        if storage.kind == "url" and not public and not identity:
+            notes.append(
+                f"{self.model_repo} needs credentials: give --service-account (IRSA, GKE or "
+                "Azure Workload Identity) or --env-from-secret NAME; without either the "
+                "pod relies on the node's own identity"
+            )
+        if self.gpu_resource != GPU_RESOURCE and self.gpus > 1:
+            notes.append(
+                f"{self.gpus} x {self.gpu_resource}: a CUDA process sees one MIG slice, so give "
+                f"--workers {self.gpus} to use them all"
             )
         return notes
+
+
+def shm_bytes(gpus: int, workers: int, resource: str = GPU_RESOURCE) -> int:
+    """Memory-backed /dev/shm: per GPU (or MIG slice) or per worker, whichever is more."""
+    per = SHM_PER_MIG if mig_memory_gib(resource) else SHM_PER_GPU
+    return per * max(gpus, workers)

@@ -307,13 +307,17 @@ def _pod_run_options(
         path = mount["mountPath"]
         if "secret" in volume:
             volumes.append(f"{token_dir}:{path}:ro")
+        elif "persistentVolumeClaim" in volume and plan.model_repo is not None:
+            # the model PVC: the test's repository, bind-mounted read-only in its place
+            volumes.append(f"{plan.model_repo}:{path}:ro")
         elif path == "/dev/shm":
             shm = "1g"
         elif "emptyDir" in volume:
             tmpfs.append(f"{path}:rw,mode=1777")
     args = [str(arg) for arg in container.get("args", [])]
     repo = args[-1] if args and args[-1].startswith("/") else None
-    if repo and plan.model_repo is not None:
+    mounted = any(volume.endswith(f":{repo}:ro") for volume in volumes)
+    if repo and plan.model_repo is not None and not mounted:
         volumes.append(f"{plan.model_repo}:{repo}:ro")
     security = container.get("securityContext", {})
     user = f"{security.get('runAsUser', UID)}:{security.get('runAsGroup', UID)}"
@@ -335,7 +339,9 @@ def _check_pod_spec(runner: Engineer, plan: TestPlan) -> Iterator[CheckResult]:
     from torchrig.deploy.k8s import deployment
     from torchrig.deploy.spec import DeploySpec
 
-    spec = DeploySpec.create(name="torchrig-image-test", image=plan.image, model_repo="/models")
+    spec = DeploySpec.create(
+        name="torchrig-image-test", image=plan.image, model_volume="pvc:torchrig-image-test"
+    )
     pod = deployment(spec)["spec"]["template"]["spec"]
     container = pod["containers"][0]
     with tempfile.TemporaryDirectory(prefix="torchrig-pod-") as tmp:
