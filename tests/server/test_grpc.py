@@ -12,7 +12,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import torch
 from tritonclient import grpc as tgrpc
 from tritonclient import http as thttp
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -20,30 +19,12 @@ from tritonclient.utils import InferenceServerException
 
 from doubles import until
 from faults import gate, pack_faulty, seen
+from ranker_data import in_process, ranker_arrays
 from serving import running
-from torchrig.packaging import load_program, read_manifest
 from torchrig.repository import BatchingConfig, ModelConfig
 from torchrig.settings import ServeSettings
 
 TAG = 216
-
-
-def in_process(demo_repo: Path, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    directory = demo_repo / model / "1"
-    program = load_program(directory, read_manifest(directory))
-    with torch.inference_mode():
-        out = program({k: torch.from_numpy(v) for k, v in inputs.items()})
-    (tensor,) = out.values()
-    result: np.ndarray = tensor.numpy()
-    return result
-
-
-def ranker_arrays(rows: int = 5, seed: int = 7) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "dense": rng.standard_normal((rows, 13)).astype(np.float32),
-        "sparse": rng.integers(0, 1000, (rows, 26)).astype(np.int64),
-    }
 
 
 def grpc_inputs(arrays: dict[str, np.ndarray]) -> list[tgrpc.InferInput]:

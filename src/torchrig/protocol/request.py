@@ -14,6 +14,7 @@ from torchrig.packaging.manifest import TensorSpec
 from torchrig.protocol.body import ALIGN as _ALIGN
 from torchrig.protocol.body import Buffer, decompress_body
 from torchrig.protocol.classification import class_count
+from torchrig.protocol.shared_memory import ShmReader, shm_place
 from torchrig.protocol.tensors import (
     DATATYPES,
     ITEMSIZE,
@@ -68,7 +69,7 @@ class _Binary(msgspec.Struct):
     target: int = 0  # in the aligned buffer
 
 
-def decode_infer_request(
+def decode_infer_request(  # noqa: PLR0915 - one pass over the inputs, of three kinds
     body: Buffer,
     *,
     header_length: int | None,
@@ -76,6 +77,7 @@ def decode_infer_request(
     max_body_bytes: int,
     specs: list[TensorSpec] | None = None,
     accept: Callable[[str, str, list[int]], None] | None = None,
+    shm_read: ShmReader | None = None,
 ) -> DecodedRequest:
     """Decode an infer request body into named tensors; every defect is an `InvalidInput`.
 
@@ -118,6 +120,12 @@ def decode_infer_request(
         count = element_count(name, shape)
         if accept is not None:
             accept(name, datatype, shape)
+        place = shm_place(wire.parameters or {}, f"input {name!r}")
+        if place is not None:
+            values[index] = _from_shared_memory(
+                wire, (name, datatype, shape, count), place, shm_read
+            )
+            continue
         size = _binary_data_size(name, wire.parameters)
         if size is None:
             if wire.data is None:
@@ -164,6 +172,31 @@ def decode_infer_request(
         binary_output_default=_flag(parameters, "binary_data_output", "the request"),
         timeout_s=_timeout_s(parameters),
     )
+
+
+def _from_shared_memory(
+    wire: _WireInput,
+    declared: tuple[str, str, list[int], int],
+    place: tuple[str, int, int],
+    shm_read: ShmReader | None,
+) -> Any:
+    """An input's tensor from its shared-memory region (a private copy of its bytes);
+    `declared` is its (name, datatype, shape, element count)."""
+    name, datatype, shape, count = declared
+    if shm_read is None:
+        raise InvalidInput(f"input {name!r}: shared memory is not available here")
+    if wire.data is not None or "binary_data_size" in (wire.parameters or {}):
+        raise InvalidInput(f"input {name!r} has both data and a shared-memory region")
+    region, offset, size = place
+    if datatype != "BYTES" and size != count * ITEMSIZE[datatype]:
+        raise InvalidInput(
+            f"input {name!r}: shared_memory_byte_size is {size} but {datatype} {shape} "
+            f"takes {count * ITEMSIZE[datatype]} bytes"
+        )
+    data = shm_read(region, offset, size, f"input {name!r}")
+    if datatype == "BYTES":
+        return binary_bytes_tensor(name, data, start=0, size=size, shape=shape, count=count)
+    return binary_tensor(data, 0, datatype, shape, count)
 
 
 def _convert_json(
@@ -314,11 +347,13 @@ def _requested_outputs(wires: list[_WireOutput] | None) -> list[RequestedOutput]
             raise InvalidInput(f"output {wire.name!r} is requested more than once")
         seen.add(wire.name)
         parameters = wire.parameters or {}
-        binary = _flag(parameters, "binary_data", f"output {wire.name!r}", None)
+        where = f"output {wire.name!r}"
+        binary = _flag(parameters, "binary_data", where, None)
         classes = parameters.get("classification")
         if classes is not None:
-            classes = class_count(classes, f"output {wire.name!r}")
-        outputs.append(RequestedOutput(wire.name, binary, classes or 0))
+            classes = class_count(classes, where)
+        place = shm_place(parameters, where)
+        outputs.append(RequestedOutput(wire.name, binary, classes or 0, place))
     return outputs
 
 

@@ -10,6 +10,7 @@ import torch
 from torchrig.errors import InferenceFailed, InvalidInput
 from torchrig.packaging.manifest import TensorSpec
 from torchrig.protocol.classification import classify
+from torchrig.protocol.shared_memory import ShmWriter
 from torchrig.protocol.tensors import TORCH_DTYPES, serialize_bytes
 from torchrig.protocol.types import RequestedOutput
 
@@ -47,6 +48,7 @@ def encode_infer_response(
     binary_output_default: bool,
     labels: dict[str, list[str]] | None = None,
     batching: bool = True,
+    shm_write: ShmWriter | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and the headers it needs (Content-Type, and the JSON length).
 
@@ -59,7 +61,9 @@ def encode_infer_response(
     """
     by_name = {spec.name: spec for spec in specs}
     if requested is None:
-        chosen = [(spec, binary_output_default, 0) for spec in specs]
+        chosen: list[tuple[TensorSpec, bool, int, tuple[str, int, int] | None]] = [
+            (spec, binary_output_default, 0, None) for spec in specs
+        ]
     else:
         chosen = []
         for output in requested:
@@ -70,11 +74,13 @@ def encode_infer_response(
                     + ", ".join(spec.name for spec in specs)
                 )
             binary = binary_output_default if output.binary is None else output.binary
-            chosen.append((spec, binary, output.class_count))
+            if output.shared_memory is not None:
+                binary = True  # its bytes go into the region, in the binary layout
+            chosen.append((spec, binary, output.class_count, output.shared_memory))
 
     wire_outputs: list[_WireOutputTensor] = []
     raw: list[Any] = []
-    for spec, binary, classes in chosen:
+    for spec, binary, classes, place in chosen:
         if spec.name not in outputs:
             raise InferenceFailed(f"model {model_name} produced no output {spec.name!r}")
         value = outputs[spec.name]
@@ -92,6 +98,18 @@ def encode_infer_response(
             wire, blob = _bytes_output(spec.name, value, binary)
         else:
             wire, blob = _tensor_output(spec, value, binary)
+        if place is not None and shm_write is not None:
+            region, offset, size = place
+            data = bytes(blob)
+            shm_write(region, offset, size, data, f"output {spec.name!r}")
+            params: dict[str, Any] = {
+                "shared_memory_region": region,
+                "shared_memory_byte_size": len(data),
+            }
+            if offset:
+                params["shared_memory_offset"] = offset
+            wire = _WireOutputTensor(wire.name, wire.datatype, wire.shape, params)
+            blob = None
         wire_outputs.append(wire)
         if blob is not None:
             raw.append(blob)

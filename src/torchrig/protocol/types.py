@@ -17,6 +17,8 @@ class RequestedOutput(msgspec.Struct, frozen=True):
     name: str
     binary: bool | None = None
     class_count: int = 0  # > 0: the classification extension's top classes instead
+    # (region, offset, byte_size): written into a registered shared-memory region instead
+    shared_memory: tuple[str, int, int] | None = None
 
 
 class DecodedRequest(msgspec.Struct, frozen=True):

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from torchrig import __version__
 from torchrig.errors import InvalidInput, PayloadTooLarge, QueueFull, TorchrigError, Unauthorized
+from torchrig.protocol.shared_memory import ShmReader
 from torchrig.runtime import ModelRegistry
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
+from torchrig.server.shm import SharedMemory, access, http_peer_uid, register_json
 from torchrig.server.triton import Statistics, model_config
 from torchrig.settings import ServeSettings
 
@@ -46,6 +48,8 @@ EXTENSIONS = [
     "model_repository",
     "model_configuration",
     "statistics",
+    "system_shared_memory",
+    "classification",
 ]
 OFF_LOOP_BYTES = 256 * 1024  # JSON parts from this size on are decoded in a thread
 LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
@@ -53,6 +57,7 @@ WATCH_AFTER_S = 0.005  # a request still queued after this starts watching for d
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 JSON = "application/json"
 MODEL = r"(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+REGION = r"(?P<region>[^/]+)"
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(rf"^/v2/models/{MODEL}/infer$"), "infer"),
     ("GET", re.compile(r"^/v2/health/live$"), "live"),
@@ -66,6 +71,11 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/v2/repository/index$"), "repository_index"),
     ("POST", re.compile(r"^/v2/repository/models/(?P<model>[^/]+)/load$"), "load"),
     ("POST", re.compile(r"^/v2/repository/models/(?P<model>[^/]+)/unload$"), "unload"),
+    ("POST", re.compile(rf"^/v2/systemsharedmemory/region/{REGION}/register$"), "shm_register"),
+    ("POST", re.compile(rf"^/v2/systemsharedmemory/region/{REGION}/unregister$"), "shm_unregister"),
+    ("POST", re.compile(r"^/v2/systemsharedmemory/unregister$"), "shm_unregister"),
+    ("GET", re.compile(rf"^/v2/systemsharedmemory/region/{REGION}/status$"), "shm_status"),
+    ("GET", re.compile(r"^/v2/systemsharedmemory/status$"), "shm_status"),
     ("GET", re.compile(r"^/metrics$"), "metrics"),
 ]
 
@@ -85,6 +95,7 @@ class ServerState:
     management_token: str | None = field(default=None, repr=False)  # None: API off
     grpc_address: str = ""  # host:port the gRPC service listens on ("" while it does not)
     statistics: Statistics = field(init=False, repr=False)  # Triton's statistics extension
+    shared_memory: SharedMemory = field(default_factory=SharedMemory, repr=False)
 
     def __post_init__(self) -> None:
         self.statistics = Statistics(self.registry)
@@ -289,6 +300,28 @@ class V2App:
         await self.management.unload(params["model"])
         return 200, b"{}", {}
 
+    async def _shm_register(
+        self, params: dict[str, str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, dict[str, str]]:
+        body = await self._read_body(_headers(scope), receive)
+        register_json(self.state.shared_memory, params["region"], bytes(body), http_peer_uid(scope))
+        return 200, b"{}", {}
+
+    async def _shm_unregister(
+        self, params: dict[str, str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, dict[str, str]]:
+        await self._read_body(_headers(scope), receive)
+        self.state.shared_memory.unregister(params.get("region"), http_peer_uid(scope))
+        return 200, b"{}", {}
+
+    async def _shm_status(
+        self, params: dict[str, str], scope: Scope, *_: Any
+    ) -> tuple[int, bytes, dict[str, str]]:
+        import msgspec
+
+        regions = self.state.shared_memory.status(params.get("region"), http_peer_uid(scope))
+        return 200, msgspec.json.encode(regions), {}
+
     async def _metrics(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
         body, content_type = self.state.metrics.render()
         return 200, body, {"content-type": content_type}
@@ -314,7 +347,8 @@ class V2App:
                 raise QueueFull(
                     "the server is shutting down; retry on another replica", retry_after_s=1.0
                 )
-            served, request = await self._decode(model, version, headers, receive)
+            shm_read, shm_write = access(state.shared_memory, partial(http_peer_uid, scope))
+            served, request = await self._decode(model, version, headers, receive, shm_read)
             manifest = served.manifest
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
@@ -336,6 +370,7 @@ class V2App:
                 binary_output_default=request.binary_output_default,
                 labels=manifest.labels,
                 batching=manifest.batching,
+                shm_write=shm_write,
             )
             extra_headers.update(response_headers)
             outcome = "success"
@@ -382,7 +417,12 @@ class V2App:
             )
 
     async def _decode(
-        self, model: str, version: str | None, headers: dict[str, str], receive: Receive
+        self,
+        model: str,
+        version: str | None,
+        headers: dict[str, str],
+        receive: Receive,
+        shm_read: ShmReader | None = None,
     ) -> tuple[Any, Any]:
         """Read and decode a request for a ready model version: (served version, request)."""
         from torchrig.protocol import BytesTensor, decode_infer_request
@@ -410,6 +450,7 @@ class V2App:
             max_body_bytes=self.max_body,
             specs=served.manifest.inputs,
             accept=declared,
+            shm_read=shm_read,
         )
         # binary tensors are viewed or copied in one go, but JSON becomes Python objects:
         # a large JSON part (or a compressed body) is parsed in a thread, a few at a time

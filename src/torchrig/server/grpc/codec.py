@@ -19,6 +19,7 @@ import torch
 from torchrig.errors import InferenceFailed, InvalidInput
 from torchrig.packaging.manifest import TensorSpec
 from torchrig.protocol.classification import class_count, classify
+from torchrig.protocol.shared_memory import ShmReader, ShmWriter, shm_place
 from torchrig.protocol.tensors import (
     DATATYPES,
     ITEMSIZE,
@@ -58,20 +59,30 @@ def parameter(value: pb.InferParameter) -> Any:
 
 
 def decode_request(
-    request: pb.ModelInferRequest, *, accept: Declared, max_body_bytes: int
+    request: pb.ModelInferRequest,
+    *,
+    accept: Declared,
+    max_body_bytes: int,
+    shm_read: ShmReader | None = None,
 ) -> DecodedRequest:
     """The request's inputs as tensors (BytesTensor for BYTES), its outputs and parameters.
 
     `accept(name, datatype, shape)` checks each input's declaration against the model's
-    signature before its data is converted (InvalidInput names what is wrong)."""
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    signature before its data is converted (InvalidInput names what is wrong). Inputs in
+    shared memory are read with `shm_read`; the others come in `raw_input_contents` (one
+    each, in order) or all in typed contents."""
+    raw = list(request.raw_input_contents)
+    in_shm = [_shm(tensor.parameters, f"input {tensor.name!r}") for tensor in request.inputs]
+    direct = sum(1 for place in in_shm if place is None)
+    if raw and len(raw) != direct:
         raise InvalidInput(
-            f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; "
-            "give raw contents for every input, in input order, or typed contents for all"
+            f"the request has {direct} inputs outside shared memory but {len(raw)} "
+            "raw_input_contents; give raw contents for each of them, in input order, or "
+            "typed contents for all"
         )
     inputs: dict[str, Any] = {}
-    for index, tensor in enumerate(request.inputs):
+    raw_index = 0
+    for tensor, place in zip(request.inputs, in_shm, strict=True):
         name, datatype = tensor.name, tensor.datatype
         shape = list(tensor.shape)
         if datatype not in DATATYPES:
@@ -85,30 +96,35 @@ def decode_request(
             raise InvalidInput(f"input {name!r} is given twice")
         accept(name, datatype, shape)
         count = element_count(name, shape)
-        if raw:
-            inputs[name] = _raw_tensor(name, datatype, shape, count, raw[index])
-        else:
-            if "shared_memory_region" in tensor.parameters:
+        if place is not None:
+            if shm_read is None:
+                raise InvalidInput(f"input {name!r}: shared memory is not available here")
+            region, offset, size = place
+            if datatype != "BYTES" and size != count * ITEMSIZE[datatype]:
                 raise InvalidInput(
-                    f"input {name!r} names a shared-memory region; this server does not "
-                    "support the shared-memory extension yet: send the data in the request"
+                    f"input {name!r}: shared_memory_byte_size is {size} but {datatype} "
+                    f"{shape} takes {count * ITEMSIZE[datatype]} bytes"
                 )
+            data = shm_read(region, offset, size, f"input {name!r}")
+            inputs[name] = _buffer_tensor(name, datatype, shape, count, data)
+        elif raw:
+            inputs[name] = _raw_tensor(name, datatype, shape, count, raw[raw_index])
+            raw_index += 1
+        else:
             inputs[name] = _typed_tensor(name, datatype, shape, count, tensor.contents)
     parameters = {key: parameter(value) for key, value in request.parameters.items()}
     outputs = None
     if request.outputs:
         outputs = []
         for output in request.outputs:
-            if "shared_memory_region" in output.parameters:
-                raise InvalidInput(
-                    f"output {output.name!r} names a shared-memory region; this server does "
-                    "not support the shared-memory extension yet"
-                )
+            where = f"output {output.name!r}"
             classes = 0
             if "classification" in output.parameters:
-                where = f"output {output.name!r}"
                 classes = class_count(parameter(output.parameters["classification"]), where)
-            outputs.append(RequestedOutput(output.name, True, classes))
+            place = _shm(output.parameters, where)
+            if place is not None and shm_read is None:
+                raise InvalidInput(f"{where}: shared memory is not available here")
+            outputs.append(RequestedOutput(output.name, True, classes, place))
     return DecodedRequest(
         id=request.id or None,
         parameters=parameters,
@@ -117,6 +133,23 @@ def decode_request(
         binary_output_default=True,
         timeout_s=_timeout_s(parameters.get("timeout")),
     )
+
+
+def _shm(parameters: Any, what: str) -> tuple[str, int, int] | None:
+    if "shared_memory_region" not in parameters:
+        return None
+    values = {key: parameter(value) for key, value in parameters.items()}
+    place = shm_place(values, what)
+    if place is not None and place[2] is None:
+        raise InvalidInput(f"{what}: shared_memory_region needs shared_memory_byte_size")
+    return place
+
+
+def _buffer_tensor(name: str, datatype: str, shape: list[int], count: int, data: Any) -> Any:
+    """A tensor (or BytesTensor) of a private uint8 array's bytes."""
+    if datatype == "BYTES":
+        return binary_bytes_tensor(name, data, start=0, size=len(data), shape=shape, count=count)
+    return binary_tensor(data, 0, datatype, shape, count)
 
 
 def _timeout_s(value: Any) -> float | None:
@@ -141,8 +174,7 @@ def _raw_tensor(name: str, datatype: str, shape: list[int], count: int, data: by
         )
     # a writable copy: torch refuses to view read-only memory without a warning, and the
     # tensor must outlive the message anyway
-    buffer = np.frombuffer(bytearray(data), dtype=np.uint8)
-    return binary_tensor(buffer, 0, datatype, shape, count)
+    return _buffer_tensor(name, datatype, shape, count, np.frombuffer(bytearray(data), np.uint8))
 
 
 def _typed_tensor(
@@ -181,12 +213,14 @@ def encode_response(
     requested: list[RequestedOutput] | None,
     labels: dict[str, list[str]] | None = None,
     batching: bool = True,
+    shm_write: ShmWriter | None = None,
 ) -> pb.ModelInferResponse:
     """The response with every chosen output in `raw_output_contents`, in the order
     requested (signature order when the request named none)."""
     by_name = {spec.name: spec for spec in specs}
+    chosen: list[tuple[TensorSpec, RequestedOutput | None]]
     if requested is None:
-        chosen = [(spec, 0) for spec in specs]
+        chosen = [(spec, None) for spec in specs]
     else:
         chosen = []
         for output in requested:
@@ -196,22 +230,30 @@ def encode_response(
                     f"model {model_name} has no output {output.name!r}; its outputs are "
                     + ", ".join(s.name for s in specs)
                 )
-            chosen.append((spec, output.class_count))
+            chosen.append((spec, output))
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id or ""
     )
-    for spec, classes in chosen:
+    for spec, asked in chosen:
         if spec.name not in outputs:
             raise InferenceFailed(f"model {model_name} produced no output {spec.name!r}")
         value, wire_spec = outputs[spec.name], spec
-        if classes:
+        if asked is not None and asked.class_count:
             label_list = (labels or {}).get(spec.name)
             value = classify(
-                spec.name, spec.datatype, value, classes, label_list, batching=batching
+                spec.name, spec.datatype, value, asked.class_count, label_list, batching=batching
             )
             wire_spec = TensorSpec(name=spec.name, datatype="BYTES", shape=[])
         shape, blob = raw_output(wire_spec, value)
-        response.outputs.add(name=spec.name, datatype=wire_spec.datatype, shape=shape)
+        tensor = response.outputs.add(name=spec.name, datatype=wire_spec.datatype, shape=shape)
+        if asked is not None and asked.shared_memory is not None and shm_write is not None:
+            region, offset, size = asked.shared_memory
+            shm_write(region, offset, size, blob, f"output {spec.name!r}")
+            tensor.parameters["shared_memory_region"].string_param = region
+            tensor.parameters["shared_memory_byte_size"].int64_param = len(blob)
+            if offset:
+                tensor.parameters["shared_memory_offset"].int64_param = offset
+            blob = b""  # raw_output_contents stay one per output, as clients index them
         response.raw_output_contents.append(blob)
     return response
 

@@ -54,7 +54,8 @@ class GrpcTransport:
         server = grpc.aio.server(
             options=self.options(), maximum_concurrent_rpcs=settings.max_connections
         )
-        InferenceService(self.state).add_to(server)
+        service = InferenceService(self.state)
+        service.add_to(server)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         address = f"{host}:{settings.grpc_port}"
         try:
@@ -70,6 +71,7 @@ class GrpcTransport:
                 "address is not this machine's; choose another with --grpc-port (0: any "
                 "free port) or turn gRPC off with --grpc-port -1."
             )
+        service.port = port
         await server.start()
         self.server, self.port = server, port
         self.state.grpc_address = f"{host}:{port}"

@@ -25,6 +25,7 @@ from google.protobuf import json_format
 
 from torchrig import __version__
 from torchrig.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, TorchrigError
+from torchrig.protocol.shared_memory import ShmReader, ShmWriter
 from torchrig.protocol.types import BytesTensor
 from torchrig.runtime.validation import check_declared
 from torchrig.server.app import EXTENSIONS, ServerState
@@ -34,6 +35,7 @@ from torchrig.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from torchrig.server.grpc.generated import model_config_pb2
 from torchrig.server.grpc.status import code_of, outcome_of, trailers_of
 from torchrig.server.management import Management
+from torchrig.server.shm import access, grpc_peer, peer_uid
 from torchrig.server.triton import model_config
 
 log = logging.getLogger("torchrig.server")
@@ -55,6 +57,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             control_mode=state.settings.control_mode,
             token=state.management_token,
         )
+        self.port: int | None = None  # the port it serves on, once bound
+
+    def peer_uid(self, context: Context) -> int:
+        """The user of the calling process (shared memory: loopback clients only)."""
+        return peer_uid(grpc_peer(context.peer() or ""), self.port)
 
     def add_to(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)  # type: ignore[no-untyped-call]
@@ -153,7 +160,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        return await self._answer(context, partial(self.infer, request, context.time_remaining()))
+        return await self._answer(
+            context, partial(self.infer, request, context.time_remaining(), context)
+        )
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -166,7 +175,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self.infer(request, context.time_remaining())
+                response = await self.infer(request, context.time_remaining(), context)
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except TorchrigError as exc:
                 answers.put_nowait(_stream_error(request, exc.message))
@@ -193,8 +202,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             for task in list(pending):
                 task.cancel()
 
+    def _shared_memory(self, context: Context) -> tuple[ShmReader, ShmWriter]:
+        return access(self.state.shared_memory, partial(self.peer_uid, context))
+
     async def infer(
-        self, request: pb.ModelInferRequest, time_remaining: float | None
+        self, request: pb.ModelInferRequest, time_remaining: float | None, context: Context
     ) -> pb.ModelInferResponse:
         """Serve one ModelInferRequest on the shared data plane, with metrics and logs."""
         state = self.state
@@ -221,7 +233,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 manifest.inputs,
                 max_batch_size=served.batcher.max_batch_size if served.batcher else None,
             )
-            decoded = decode_request(request, accept=accept, max_body_bytes=self.max_body)
+            shm_read, shm_write = self._shared_memory(context)
+            decoded = decode_request(
+                request, accept=accept, max_body_bytes=self.max_body, shm_read=shm_read
+            )
             for name, value in decoded.inputs.items():
                 if isinstance(value, BytesTensor):
                     raise InvalidInput(
@@ -243,6 +258,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 requested=decoded.outputs,
                 labels=manifest.labels,
                 batching=manifest.batching,
+                shm_write=shm_write,
             )
             outcome = "success"
             return response
@@ -271,6 +287,42 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             state.statistics.request(
                 model, served_version, ok=outcome == "success", duration_s=duration_s
             )
+
+    # ---- system shared memory ---------------------------------------------------------------
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        async def work() -> pb.SystemSharedMemoryRegisterResponse:
+            self.state.shared_memory.register(
+                request.name, request.key, request.offset, request.byte_size, self.peer_uid(context)
+            )
+            return pb.SystemSharedMemoryRegisterResponse()
+
+        return await self._answer(context, work)
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        async def work() -> pb.SystemSharedMemoryUnregisterResponse:
+            self.state.shared_memory.unregister(request.name or None, self.peer_uid(context))
+            return pb.SystemSharedMemoryUnregisterResponse()
+
+        return await self._answer(context, work)
+
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        async def work() -> pb.SystemSharedMemoryStatusResponse:
+            regions = self.state.shared_memory.status(request.name or None, self.peer_uid(context))
+            response = pb.SystemSharedMemoryStatusResponse()
+            for region in regions:
+                response.regions[region["name"]].CopyFrom(
+                    pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
+                )
+            return response
+
+        return await self._answer(context, work)
 
     # ---- model repository ---------------------------------------------------------------------
 
