@@ -7,17 +7,16 @@ an input's data or as where an output should be written. The server maps the reg
 registration.
 
 Who may use a region: shared memory is for clients on this node only (loopback peers), and
-the server asks the kernel which user owns the client's end of the connection (its socket
-in /proc/net/tcp{,6}). A client may register only a region object owned by that same user,
-and may read, write, list or unregister only regions its user registered: a client of
-another user can neither map someone else's region through the server nor use one another
-user registered. Offsets and sizes are checked against the registered size.
+the server asks the kernel which user owns the client's end of the connection
+(`torchrig.server.peers`). A client may register only a region object owned by that same
+user, and may read, write, list or unregister only regions its user registered: a client
+of another user can neither map someone else's region through the server nor use one
+another user registered. Offsets and sizes are checked against the registered size.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import mmap
 import os
 import stat
@@ -32,9 +31,9 @@ import numpy as np
 
 from torchrig.errors import InvalidInput, ManagementDisabled, ModelNotFound
 from torchrig.protocol.shared_memory import ShmReader, ShmWriter
+from torchrig.server.peers import is_loopback, peer_uid
 
 SHM_DIR = Path("/dev/shm")
-PROC_NET = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 MAX_REGIONS = 1024  # registered at once, all users together
 
 
@@ -60,59 +59,20 @@ class Region:
         }
 
 
-def peer_uid(peer: tuple[str, int] | None, server_port: int | None) -> int:
-    """The uid owning the client's end of a loopback TCP connection to `server_port`
-    (SharedMemoryDenied for a remote client, or when the kernel does not say)."""
-    if peer is None or server_port is None or not _loopback(peer[0]):
+def client_uid(peer: tuple[str, int] | None, server_port: int | None) -> int:
+    """The user of a client on this node (SharedMemoryDenied for any other client)."""
+    if peer is None or not is_loopback(peer[0]):
         raise SharedMemoryDenied(
             "shared memory is for clients on this node: connect over loopback (127.0.0.1 or "
             "::1), or send the tensors in the request"
         )
-    want_local = _endpoint(peer)
-    want_remote = f":{server_port:04X}"
-    for table in PROC_NET:
-        try:
-            lines = table.read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 7 and fields[1] in want_local and fields[2].endswith(want_remote):
-                return int(fields[7])
-    raise SharedMemoryDenied(
-        "cannot tell which user this client is (its connection is not in /proc/net/tcp); "
-        "send the tensors in the request"
-    )
-
-
-def _loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def _endpoint(address: tuple[str, int]) -> set[str]:
-    """The ways /proc/net/tcp{,6} writes an address:port (hex, host byte order words)."""
-    host, port = address[0].strip("[]"), address[1]
-    ip = ipaddress.ip_address(host)
-    forms = set()
-    v4 = ip if isinstance(ip, ipaddress.IPv4Address) else ip.ipv4_mapped
-    if v4 is not None:
-        packed = v4.packed
-        forms.add(packed[::-1].hex().upper() + f":{port:04X}")
-        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + packed).packed
-        forms.add(_v6_words(mapped) + f":{port:04X}")
-    if isinstance(ip, ipaddress.IPv6Address):
-        forms.add(_v6_words(ip.packed) + f":{port:04X}")
-    return forms
-
-
-def _v6_words(packed: bytes) -> str:
-    return "".join(packed[i : i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+    uid = peer_uid(peer, server_port)
+    if uid is None:
+        raise SharedMemoryDenied(
+            "cannot tell which user this client is (the kernel did not say); send the "
+            "tensors in the request"
+        )
+    return uid
 
 
 class SharedMemory:
@@ -259,18 +219,6 @@ def access(shared: SharedMemory, who: Callable[[], int]) -> tuple[ShmReader, Shm
     return read, write
 
 
-def grpc_peer(peer: str) -> tuple[str, int] | None:
-    """(host, port) of a gRPC peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000")."""
-    kind, _, rest = peer.partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return None
-    host, _, port = rest.rpartition(":")
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
-        return None
-
-
 class _RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
     key: str
     byte_size: int
@@ -292,4 +240,4 @@ def register_json(shared: SharedMemory, name: str, body: bytes, uid: int) -> Non
 def http_peer_uid(scope: Any) -> int:
     """The user of an HTTP client (ASGI scope's client and server addresses)."""
     client, server = scope.get("client"), scope.get("server")
-    return peer_uid(tuple(client) if client else None, server[1] if server else None)
+    return client_uid(tuple(client) if client else None, server[1] if server else None)

@@ -10,6 +10,7 @@ What a request declares (name, datatype, shape) is checked before its data is to
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,9 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 Declared = Callable[[str, str, list[int]], None]
+# raw contents from this size on are viewed, not copied (smaller `bytes` objects may be
+# shared by the interpreter, and copying them costs nothing)
+VIEW_FROM_BYTES = 64 * 1024
 
 
 def parameter(value: pb.InferParameter) -> Any:
@@ -172,9 +176,15 @@ def _raw_tensor(name: str, datatype: str, shape: list[int], count: int, data: by
             f"input {name!r}: its raw contents are {len(data)} bytes but {datatype} "
             f"{shape} takes {expected}"
         )
-    # a writable copy: torch refuses to view read-only memory without a warning, and the
-    # tensor must outlive the message anyway
-    return _buffer_tensor(name, datatype, shape, count, np.frombuffer(bytearray(data), np.uint8))
+    if len(data) < VIEW_FROM_BYTES:  # small: a writable copy
+        return _buffer_tensor(
+            name, datatype, shape, count, np.frombuffer(bytearray(data), np.uint8)
+        )
+    # large: the tensor views the `bytes` object protobuf made for this request alone (no
+    # second copy of a 1 MB frame batch); torch warns that it cannot mark it read-only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _buffer_tensor(name, datatype, shape, count, np.frombuffer(data, np.uint8))
 
 
 def _typed_tensor(

@@ -35,7 +35,8 @@ from torchrig.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from torchrig.server.grpc.generated import model_config_pb2
 from torchrig.server.grpc.status import code_of, outcome_of, trailers_of
 from torchrig.server.management import Management
-from torchrig.server.shm import access, grpc_peer, peer_uid
+from torchrig.server.peers import grpc_peer
+from torchrig.server.shm import access, client_uid
 from torchrig.server.triton import model_config
 
 log = logging.getLogger("torchrig.server")
@@ -61,7 +62,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def peer_uid(self, context: Context) -> int:
         """The user of the calling process (shared memory: loopback clients only)."""
-        return peer_uid(grpc_peer(context.peer() or ""), self.port)
+        return client_uid(grpc_peer(context.peer() or ""), self.port)
 
     def add_to(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)  # type: ignore[no-untyped-call]
@@ -221,8 +222,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 raise QueueFull(
                     "the server is shutting down; retry on another replica", retry_after_s=1.0
                 )
-            if request.ByteSize() > self.max_body:  # typed contents: as the REST body limit
-                raise InvalidInput(f"the request exceeds {self.max_body} bytes (--max-body-mb)")
             served = state.registry.resolve(model, version)
             manifest = served.manifest
             if manifest is None:  # pragma: no cover - a ready version has its manifest
