@@ -1,7 +1,7 @@
 """KServe's own V2 clients against a running torchrig server, in a process of their own
 (kserve's generated protos and tritonclient's cannot share one: both register
-`inference.*` in protobuf's default pool). Usage: kserve_client.py GRPC_ADDRESS REST_URL;
-prints one JSON document with what each call returned."""
+`inference.*` in protobuf's default pool). Usage: kserve_client.py GRPC_ADDRESS REST_URL, or
+kserve_client.py --not-ready REST_URL; prints one JSON document with what each call returned."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 from kserve import (
     InferenceGRPCClient,
@@ -31,6 +32,18 @@ def ranker_request(binary: bool) -> InferRequest:
         tensor.set_data_from_numpy(array, binary_data=binary)
         inputs.append(tensor)
     return InferRequest(model_name="ranker", infer_inputs=inputs, request_id="k-1")
+
+
+async def not_ready(url: str) -> dict[str, Any]:
+    """KServe's REST health calls against a server that is live but not ready."""
+    rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+    out: dict[str, Any] = {"live": await rest.is_server_live(url)}
+    try:
+        out["ready"] = await rest.is_server_ready(url)
+    except httpx.HTTPStatusError as exc:
+        out["ready_error"] = exc.response.status_code
+    await rest.close()
+    return out
 
 
 async def main(address: str, url: str) -> dict[str, Any]:
@@ -64,4 +77,7 @@ async def main(address: str, url: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))
+    if sys.argv[1] == "--not-ready":
+        print(json.dumps(asyncio.run(not_ready(sys.argv[2]))))
+    else:
+        print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))

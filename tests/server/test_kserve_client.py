@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serving import running
 from torchrig.packaging import load_program, read_manifest
 
 # found, never imported here: kserve's protos and tritonclient.grpc's cannot share a process
@@ -64,3 +65,15 @@ def test_kserve_clients(server: tuple[str, Any], demo_repo: Path) -> None:
     code, details = got["grpc_error"]
     assert code == "INVALID_ARGUMENT"
     assert "dense" in details
+
+
+def test_kserve_rest_health_while_not_ready(tmp_path: Path) -> None:
+    """A live server with a model that cannot load: live True, ready an HTTP error (503)."""
+    repo = tmp_path / "models"
+    broken = repo / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{not json", encoding="utf-8")
+    with running(repo) as (url, state):
+        assert not state.ready()
+        got = run_client("--not-ready", url)
+    assert got == {"live": True, "ready_error": 503}
