@@ -5,6 +5,7 @@ and the repository API behind its token. Answers equal REST's and the in-process
 from __future__ import annotations
 
 import queue
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from doubles import until
 from faults import gate, pack_faulty, seen
 from ranker_data import in_process, ranker_arrays
 from serving import running
+from torchrig.errors import ConfigError
 from torchrig.repository import BatchingConfig, ModelConfig
+from torchrig.server.runner import build_state, make_server
 from torchrig.settings import ServeSettings
 
 TAG = 216
@@ -318,3 +321,13 @@ def test_off_and_management_disabled(demo_repo: Path, server: tuple[str, Any]) -
     with running(demo_repo, settings) as (url, off):
         assert off.grpc_address == ""
         assert httpx.get(f"{url}/v2/health/ready").json() == {"ready": True}
+
+
+def test_a_taken_grpc_port_is_refused_before_models_load(demo_repo: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = ServeSettings(port=0, grpc_port=taken.getsockname()[1], log_format="text")
+        state = build_state(demo_repo, settings, cache_dir=tmp_path)
+        with pytest.raises(ConfigError, match="--grpc-port"):
+            make_server(state)

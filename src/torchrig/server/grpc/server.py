@@ -11,6 +11,7 @@ silently dropped by load balancers while refusing clients that ping abusively.
 from __future__ import annotations
 
 import logging
+import socket
 
 import grpc
 
@@ -85,8 +86,28 @@ class GrpcTransport:
             self.server = None
 
 
+def check_port(state: ServerState) -> None:
+    """Refuse a taken gRPC port before anything starts (ConfigError naming the fix), rather
+    than after the models loaded. With several workers the port is shared on purpose."""
+    settings = state.settings
+    if settings.grpc_port == 0 or settings.workers > 1:
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.grpc_port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for gRPC on {settings.host}:{settings.grpc_port} "
+                f"({exc.strerror}); choose another port with --grpc-port (0: any free "
+                "port) or turn gRPC off with --grpc-port -1."
+            ) from None
+
+
 def attach(state: ServerState) -> GrpcTransport:
     """Run a gRPC transport with the REST server's lifespan (models loaded first)."""
+    check_port(state)
     transport = GrpcTransport(state)
     startup = state.lifespan_hooks.get("startup")
     shutdown = state.lifespan_hooks.get("shutdown")
