@@ -47,7 +47,12 @@ def test_every_matrix_image_renders(row: object, fake_constraints: Fake) -> None
     # the last USER is the fixed non-root UID, and nothing runs as root after it
     users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert users == ["10001:10001"]
-    assert dockerfile.rstrip().splitlines()[-1].startswith(("CMD", "ENTRYPOINT"))
+    after_user = dockerfile.split("USER 10001:10001", 1)[1]
+    assert not re.search(r"^(RUN|USER) ", after_user, re.MULTILINE)
+    # the labels come last, so the date that changes on every build invalidates no layer
+    last = [ln.split()[0] for ln in dockerfile.splitlines() if re.match(r"^[A-Z]+ ", ln)]
+    assert last[-3:] == ["ARG", "ARG", "LABEL"]
+    assert last.index("CMD") < last.index("LABEL")
     assert "NVIDIA_VISIBLE_DEVICES=all" in dockerfile
     assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in dockerfile
     for label in ("source", "version", "created"):

@@ -218,8 +218,9 @@ def render_context(
     }
     python_template = "python-distro.in" if spec.uses_distro_python else "python-uv.in"
     values["python_install"] = _fill(template(python_template), values)
-    dockerfile = _fill(template("Dockerfile.base"), values) + _fill(
-        template(f"{spec.flavour}.in"), values
+    dockerfile = "".join(
+        _fill(template(name), values)
+        for name in ("Dockerfile.base", f"{spec.flavour}.in", "labels.in")
     )
     files = {
         "Dockerfile": dockerfile,
