@@ -103,8 +103,7 @@ class ServeSettings:
     grpc_port: int = dataclasses.field(
         default=8001,
         metadata=_option(
-            "TCP port of the V2 gRPC service (as Triton's); 0 picks a free one, -1 turns "
-            "gRPC off."
+            "TCP port of the V2 gRPC service (as Triton's); 0 picks a free one, -1 turns gRPC off."
         ),
     )
     device: str = dataclasses.field(
