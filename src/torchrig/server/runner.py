@@ -16,7 +16,7 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torchrig.errors import ConfigError
 from torchrig.facts.model import Snapshot
@@ -187,7 +187,9 @@ def make_server(state: ServerState, *, on_ready: Callable[[str], None] | None = 
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        # uvicorn annotates an int but hands it to asyncio.wait_for: a fraction is kept
+        # (int() made 0.5 s "no timeout", so such a drain waited forever)
+        timeout_graceful_shutdown=cast(int, settings.drain_timeout_s),
         server_header=False,
         # bounds the request line and headers when h11 parses (no httptools)
         h11_max_incomplete_event_size=int(settings.max_header_kb * 1024),

@@ -131,6 +131,7 @@ class _Supervisor:
         self.spec = spec
         self.workers: list[_Worker] = []
         self.received: list[int] = []  # signals, in order
+        self._sock: socket.socket | None = None  # the listening socket, until workers serve
         self._wake_read, self._wake_write = socket.socketpair()  # signals wake the wait
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
@@ -153,6 +154,7 @@ class _Supervisor:
 
     def start(self, sock: socket.socket) -> None:
         """Spawn the workers, PROMETHEUS_MULTIPROC_DIR set in the environment they inherit."""
+        self._sock = sock
         context = multiprocessing.get_context("spawn")  # never fork: CUDA
         threads = os.environ.get(THREADS_ENV) or str(threads_per_worker(self.spec.settings.workers))
         log.info("each worker runs torch's CPU work on %s threads (%s)", threads, THREADS_ENV)
@@ -202,6 +204,11 @@ class _Supervisor:
                     return 1 if serving else 2
             if not serving and all(w.ready for w in self.workers):
                 serving = True
+                # every worker holds the listening socket now: the parent's copy would keep
+                # it listening after the workers close theirs on SIGTERM, queueing new
+                # connections that nobody accepts until they are reset at the very end
+                if self._sock is not None:
+                    self._sock.close()
                 log.info("%d workers serve on one socket", len(self.workers))
                 if on_ready is not None:
                     on_ready(url)
@@ -216,7 +223,12 @@ class _Supervisor:
                 worker.control.send(STOP)
         signals_before = len(self.received)
         deadline = time.monotonic() + self.spec.settings.drain_timeout_s + STOP_GRACE_S
-        while any(w.process.is_alive() for w in self.workers):
+        while True:
+            # one look per round: `is_alive` reaps an exited worker, so a worker that ends
+            # between two looks must not leave an empty wait that only the deadline ends
+            alive = [w.process.sentinel for w in self.workers if w.process.is_alive()]
+            if not alive:
+                break
             left = deadline - time.monotonic()
             if left <= 0 or len(self.received) > signals_before:
                 why = "the deadline" if left <= 0 else "a second signal"
@@ -225,7 +237,6 @@ class _Supervisor:
                         log.error("%s did not stop before %s; killing it", worker.name, why)
                         worker.process.kill()
                 break
-            alive = [w.process.sentinel for w in self.workers if w.process.is_alive()]
             connection.wait([self._wake_read, *alive], timeout=left)
             self._drain_wake()
         clean = True
