@@ -156,9 +156,9 @@ class ServeSettings:
     workers: int = dataclasses.field(
         default=1,
         metadata=_option(
-            "Server processes sharing the port (and the GPU), each with its own copy of the "
-            "models: more than 1 when one process cannot parse requests as fast as the GPU "
-            "computes."
+            "Server processes sharing the port, each with its own copy of the models and its "
+            "share of the visible GPUs (CUDA_VISIBLE_DEVICES): one per GPU to use them all, or "
+            "more than 1 when one process cannot parse requests as fast as the GPU computes."
         ),
     )
     require_gpu: bool = dataclasses.field(

@@ -126,6 +126,7 @@ def test_kserve_refuses_a_path_repository(tmp_path: Path) -> None:
         (["--model-repo", "s3://b/r", "--model-volume", "pvc:m"], "drop --model-volume"),
         (["--env", "AWS_SECRET_ACCESS_KEY=x"], "--env-from-secret NAME"),
         (["--env", "1X=y"], "not KEY=VALUE"),
+        (["--env", "TORCHRIG_SERVE_DRAIN_TIMEOUT_S=5"], "use --drain-timeout-s"),
         (["--env-from-secret", "S3_Creds"], "not a valid object name"),
         (["--gpu-resource", "mig-1g.10gb"], "give nvidia.com/mig-1g.10gb"),
         (["--gpu-resource", "amd.com/gpu"], "not a GPU resource torchrig knows"),

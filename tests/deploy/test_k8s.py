@@ -97,7 +97,10 @@ def test_gpus_memory_and_shm() -> None:
     docs = rendered(make(gpus=4, memory="200Gi"))
     resources = server(docs)["resources"]
     assert resources["limits"] == {"memory": "200Gi", "nvidia.com/gpu": 4}
-    assert resources["requests"] == {"cpu": "4", "memory": "200Gi", "nvidia.com/gpu": 4}
+    # one worker per GPU by default (the server gives each its own GPU): 2 cores each
+    assert resources["requests"] == {"cpu": "8", "memory": "200Gi", "nvidia.com/gpu": 4}
+    env = {e["name"]: e["value"] for e in server(docs)["env"]}
+    assert env["TORCHRIG_SERVE_WORKERS"] == "4"
     volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in server(docs)["volumeMounts"]}
     shm = volumes[mounts["/dev/shm"]]["emptyDir"]
@@ -272,3 +275,53 @@ def test_namespace_on_every_object() -> None:
     docs = rendered(make(namespace="serving"))
     assert {doc["metadata"].get("namespace") for doc in docs} == {"serving"}
     assert {doc["metadata"].get("namespace") for doc in rendered(make())} == {None}
+
+
+def test_identity_registry_and_gpu_placement(validate_manifest: Validate) -> None:
+    spec = make(
+        service_account="ranker-reader",
+        image_pull_secrets=("registry-credentials",),
+        priority_class="serving-high",
+        labels=("team=ranking",),
+        annotations=("owner=ml-platform@example.com",),
+        gpu_products=("NVIDIA-H100-80GB-HBM3", "NVIDIA-H200"),
+        gpu_resource="nvidia.com/mig-3g.40gb",
+        env=("AWS_REGION=eu-west-1", "TORCHRIG_SERVE_LOG_FORMAT=text"),
+        env_from_secrets=("s3-credentials",),
+    )
+    docs = rendered(spec)
+    for doc in docs:
+        validate_manifest(doc)
+        assert doc["metadata"]["labels"]["team"] == "ranking"
+        assert doc["metadata"]["annotations"]["owner"] == "ml-platform@example.com"
+    template = by_kind(docs)["Deployment"]["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "ranking"
+    assert by_kind(docs)["Deployment"]["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "torchrig",
+        "app.kubernetes.io/instance": "ranker",
+    }
+    pod = pod_spec(docs)
+    assert pod["serviceAccountName"] == "ranker-reader"
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    assert pod["priorityClassName"] == "serving-high"
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term["matchExpressions"] == [
+        {
+            "key": "nvidia.com/gpu.product",
+            "operator": "In",
+            "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H200"],
+        }
+    ]
+    container = server(docs)
+    assert container["resources"]["limits"] == {"memory": "80Gi", "nvidia.com/mig-3g.40gb": 1}
+    env = [(e["name"], e["value"]) for e in container["env"]]
+    assert ("AWS_REGION", "eu-west-1") in env
+    # a user value replaces torchrig's, once: no duplicate names
+    assert ("TORCHRIG_SERVE_LOG_FORMAT", "text") in env
+    assert len({name for name, _ in env}) == len(env)
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    service_ports = {p["name"]: p for p in by_kind(docs)["Service"]["spec"]["ports"]}
+    assert service_ports["grpc"]["port"] == 8001
+    assert {p["name"] for p in container["ports"]} == {"http", "grpc"}

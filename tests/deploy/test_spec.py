@@ -80,7 +80,7 @@ def test_quantities(text: str, value: Decimal) -> None:
         ({"memory": "16GB"}, "is not a Kubernetes quantity"),
         ({"memory": "16000m"}, "milli-bytes"),
         ({"memory": "2Gi"}, "give at least 3Gi"),
-        ({"gpus": 8, "memory": "16Gi"}, "/dev/shm (16Gi for 8 GPU(s), 1 worker(s))"),
+        ({"gpus": 8, "memory": "16Gi"}, "/dev/shm (16Gi for 8 GPU(s), 8 worker(s))"),
         ({"cpu": "0"}, "--cpu '0' must be positive"),
         ({"cpu": "10m"}, "at least 100m"),
         ({"replicas": 0}, "--replicas 0 must be at least 1"),
@@ -136,3 +136,17 @@ def test_notes_for_a_foreign_image_and_an_extra_the_image_lacks() -> None:
     # az:// is read by adlfs: the render names the extra the serve image lacks
     assert "need the 'azure' extra" in notes[1]
     assert "torchrig[s3,gcs,azure]" in notes[1]
+
+
+def test_workers_follow_the_gpus_and_cpu_and_shm_follow_the_workers() -> None:
+    """`serve --workers` gives each worker its own GPU, so deploy renders one per GPU."""
+    four = spec(gpus=4)
+    assert (four.workers, four.cpu, four.shm_size) == (4, "8", "8Gi")
+    more = spec(gpus=1, workers=6, memory="32Gi")
+    assert (more.workers, more.cpu, more.shm_size) == (6, "12", "12Gi")
+    fewer = spec(gpus=4, workers=2)
+    assert any("give --workers 4" in note for note in fewer.notes())
+    mig = spec(gpu_resource="nvidia.com/mig-1g.10gb")
+    assert (mig.memory, mig.shm_size) == ("20Gi", "1Gi")  # sized to the 10 GB slice
+    small = spec(gpu_resource="nvidia.com/mig-1g.5gb", gpus=2)
+    assert (small.memory, small.workers) == ("20Gi", 2)

@@ -28,9 +28,10 @@ STARTED = re.compile(r"^worker (\d+) started \(pid (\d+)\)$")
 class Server:
     """`python -m torchrig serve ARGS` with its JSON log lines collected as they come."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
         env.pop("OMP_NUM_THREADS", None)
+        env.update(extra_env or {})
         self.stderr = cwd / "stderr.txt"
         with self.stderr.open("w") as errors:
             self.process = subprocess.Popen(
@@ -112,8 +113,8 @@ def environment(pid: int) -> dict[str, str]:
 def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def start(*args: str) -> Server:
-        started.append(Server(list(args), tmp_path))
+    def start(*args: str, extra_env: dict[str, str] | None = None) -> Server:
+        started.append(Server(list(args), tmp_path, extra_env))
         return started[-1]
 
     yield start
@@ -386,3 +387,25 @@ def test_every_sigterm_under_load_exits_within_the_drain_timeout(
         seen = {outcome for _, outcome in outcomes}
         assert seen <= {200, 503, "refused", "reset"}, f"run {run}: {sorted(outcomes)}"
         serve.close(serve.worker_pids())
+
+
+def test_each_worker_gets_its_share_of_the_gpus(
+    server: Callable[..., Server], slow_repo: Path
+) -> None:
+    """The device list injected as a pod with 4 GPUs has it (the CPU build of torch
+    ignores it): 2 workers take 2 GPUs each, none stacks on GPU 0."""
+    serve = server(
+        str(slow_repo),
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--grpc-port",
+        "0",
+        extra_env={"CUDA_VISIBLE_DEVICES": "0,1,2,3"},
+    )
+    serve.url()
+    shares = sorted(environment(pid)["CUDA_VISIBLE_DEVICES"] for pid in serve.worker_pids())
+    assert shares == ["0,2", "1,3"]
+    assert "4 GPUs for 2 workers" in serve.messages()  # two GPUs would idle: said
+    assert environment(serve.process.pid)["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"

@@ -46,8 +46,9 @@ def _workload_options(func: F) -> F:
         click.option("--gpu-product", multiple=True, metavar="PRODUCT",
                      help="Only nodes with this GPU (nvidia.com/gpu.product label), "
                      "e.g. NVIDIA-H100-80GB-HBM3 (repeatable: any of them)."),
-        click.option("--workers", type=int, default=1, show_default=True,
-                     help="Server processes per pod; the CPU request and /dev/shm follow."),
+        click.option("--workers", type=int, default=None,
+                     help="Server processes per pod, the GPUs shared out between them; the "
+                     "CPU request and /dev/shm follow [default: one per GPU]."),
         click.option("--service-account", default=None,
                      help="Pod identity (IRSA, GKE or Azure Workload Identity) for s3://, "
                      "gs://, az:// repositories."),

@@ -26,6 +26,15 @@ _LABEL_KEY = re.compile(
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 # MIG profiles as the device plugin's mixed strategy names them: nvidia.com/mig-1g.10gb
 _MIG = re.compile(r"^nvidia\.com/mig-(?P<slices>[1-7])g\.(?P<gb>[0-9]+)gb(?:\+me)?$")
+# variables the manifests derive from other options: set through those, never --env
+MANAGED_ENV = {
+    "TORCHRIG_SERVE_HOST": "nothing (the pod listens on 0.0.0.0)",
+    "TORCHRIG_SERVE_PORT": "nothing (the probes and Service use 8000)",
+    "TORCHRIG_SERVE_DRAIN_TIMEOUT_S": "--drain-timeout-s (the grace period follows it)",
+    "TORCHRIG_SERVE_WORKERS": "--workers (CPU and /dev/shm follow it)",
+    "TORCHRIG_SERVE_MANAGEMENT_TOKEN_FILE": "--token-secret",
+    "HOME": "nothing (the image's user home)",
+}
 RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 
 
@@ -48,6 +57,10 @@ def parse_env(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
             raise UsageError(
                 f"--env {item!r} is not KEY=VALUE with a valid variable name, "
                 "e.g. --env AWS_REGION=eu-west-1"
+            )
+        if key in MANAGED_ENV:
+            raise UsageError(
+                f"--env {key} is set by torchrig from its options: use {MANAGED_ENV[key]}"
             )
         if _CREDENTIAL.search(key):
             raise UsageError(

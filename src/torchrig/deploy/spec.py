@@ -223,7 +223,7 @@ class DeploySpec:
         drain_timeout_s: float | None = None,
         node_selector: tuple[str, ...] = (),
         token_secret: str | None = None,
-        workers: int = 1,
+        workers: int | None = None,
         env: tuple[str, ...] = (),
         env_from_secrets: tuple[str, ...] = (),
         image_pull_secrets: tuple[str, ...] = (),
@@ -239,6 +239,8 @@ class DeploySpec:
         check_image(image)
         storage = model_storage(model_repo, model_volume, model_in_image=model_in_image)
         resource = check_gpu_resource(gpu_resource or GPU_RESOURCE)
+        # default: one server process per GPU (or MIG slice), each on its own device
+        workers = max(1, gpus) if workers is None else workers
         if not 1 <= workers <= MAX_WORKERS:
             raise UsageError(f"--workers {workers} must lie in 1..{MAX_WORKERS}")
         if service_account is not None:
@@ -363,10 +365,10 @@ class DeploySpec:
                 "Azure Workload Identity) or --env-from-secret NAME; without either the "
                 "pod relies on the node's own identity"
             )
-        if self.gpu_resource != GPU_RESOURCE and self.gpus > 1:
+        if self.workers < self.gpus:
             notes.append(
-                f"{self.gpus} x {self.gpu_resource}: a CUDA process sees one MIG slice, so give "
-                f"--workers {self.gpus} to use them all"
+                f"--workers {self.workers} for {self.gpus} GPUs: a worker's models go on its "
+                f"first GPU, so give --workers {self.gpus} (the default) to use them all"
             )
         return notes
 

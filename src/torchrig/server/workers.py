@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrig.errors import ConfigError
+from torchrig.server.gpus import GPU_ENV, describe_split, split_gpus, visible_gpus
 from torchrig.settings import ServeSettings
 
 log = logging.getLogger("torchrig.server")
@@ -158,8 +159,12 @@ class _Supervisor:
         context = multiprocessing.get_context("spawn")  # never fork: CUDA
         threads = os.environ.get(THREADS_ENV) or str(threads_per_worker(self.spec.settings.workers))
         log.info("each worker runs torch's CPU work on %s threads (%s)", threads, THREADS_ENV)
+        gpus = visible_gpus()
+        shares = split_gpus(gpus, self.spec.settings.workers)
+        if (warning := describe_split(shares)) is not None:
+            log.warning("%s", warning)
         with _environment({METRICS_DIR_ENV: str(self.spec.metrics_dir), THREADS_ENV: threads}):
-            for index in range(self.spec.settings.workers):
+            for index, share in enumerate(shares):
                 control_read, control_write = context.Pipe(duplex=False)
                 events_read, events_write = context.Pipe(duplex=False)
                 process = context.Process(
@@ -167,7 +172,11 @@ class _Supervisor:
                     name=f"torchrig-worker-{index}",
                     args=(index, sock, self.spec, control_read, events_write),
                 )
-                process.start()
+                # each worker's models on its own GPUs, not every worker's on GPU 0
+                with _environment({GPU_ENV: ",".join(share)} if share else {}):
+                    process.start()
+                if share:
+                    log.info("worker %d sees GPU(s) %s", index, ",".join(share))
                 control_read.close()  # the worker holds its own copies now
                 events_write.close()
                 log.info("worker %d started (pid %d)", index, process.pid)
