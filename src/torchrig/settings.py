@@ -114,6 +114,14 @@ class ServeSettings:
         default="json", metadata=_option("json (one object per line) or text.")
     )
     log_level: str = dataclasses.field(default="info", metadata=_option("Log level."))
+    access_log_sample: float = dataclasses.field(
+        default=0.01,
+        metadata=_option(
+            "Share of inference requests with a JSON access-log line (logger "
+            "torchrig.access: model, version, status, sizes, duration, request and trace "
+            "ids): 0 none, 1 every request; server errors always."
+        ),
+    )
     max_body_mb: float = dataclasses.field(
         default=64.0, metadata=_option("Largest request body accepted (413 beyond).")
     )

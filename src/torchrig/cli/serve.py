@@ -80,6 +80,11 @@ def check_settings(settings: ServeSettings) -> None:
         )
     if settings.workers < 1:
         raise UsageError(f"--workers {settings.workers}: give 1 or more server processes.")
+    if not 0.0 <= settings.access_log_sample <= 1.0:  # NaN fails too
+        raise UsageError(
+            f"--access-log-sample {settings.access_log_sample}: give a share from 0 (no "
+            "access log) to 1 (every request), e.g. 0.01."
+        )
     if settings.workers > 1 and settings.control_mode == "explicit":
         raise UsageError(
             f"--workers {settings.workers} with --control-mode explicit: a load or unload "

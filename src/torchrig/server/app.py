@@ -30,6 +30,7 @@ from torchrig.runtime import ModelRegistry
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
 from torchrig.server.shm import SharedMemory, access, http_peer_uid, register_json
+from torchrig.server.tracing import AccessLog, TraceContext
 from torchrig.server.triton import Statistics, model_config
 from torchrig.settings import ServeSettings
 
@@ -122,6 +123,7 @@ class V2App:
         # torchrig-worker: <pid>), so that the spread of requests can be seen
         self._worker = str(os.getpid()).encode() if state.settings.workers > 1 else None
         self._large_decode_slots: asyncio.Semaphore | None = None
+        self.access_log = AccessLog(state.settings.access_log_sample)
         self.management = Management(
             state.registry,
             control_mode=state.settings.control_mode,
@@ -336,9 +338,11 @@ class V2App:
         state = self.state
         headers = _headers(scope)
         request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids):x}"
+        trace = TraceContext.from_headers(headers)
         model, version = params["model"], params.get("version")
         started = time.perf_counter()
-        extra_headers: dict[str, str] = {"x-request-id": request_id}
+        extra_headers: dict[str, str] = {"x-request-id": request_id, **trace.response_headers()}
+        status, response_bytes = 500, 0
         served_version: str | None = version
         state.metrics.request_started(model)
         outcome = "error"
@@ -374,18 +378,22 @@ class V2App:
             )
             extra_headers.update(response_headers)
             outcome = "success"
+            status, response_bytes = 200, len(payload)
             await _respond(send, 200, payload, extra_headers, content_type=None)
         except TorchrigError as exc:
             outcome = _outcome(exc.status_code)
             if isinstance(exc, QueueFull):
                 extra_headers["retry-after"] = str(int(exc.retry_after_s))
-            await _respond(send, exc.status_code, _error(exc.message), extra_headers)
+            body = _error(exc.message)
+            status, response_bytes = exc.status_code, len(body)
+            await _respond(send, exc.status_code, body, extra_headers)
             if exc.status_code >= 500:
                 log.warning(
                     "request failed: %s",
                     exc.message,
                     extra={
                         "request_id": request_id,
+                        "trace_id": trace.trace_id,
                         "model": model,
                         "version": served_version,
                         "status": exc.status_code,
@@ -396,6 +404,7 @@ class V2App:
                 "internal error",
                 extra={
                     "request_id": request_id,
+                    "trace_id": trace.trace_id,
                     "model": model,
                     "version": served_version,
                     "status": 500,
@@ -414,6 +423,17 @@ class V2App:
             )
             state.statistics.request(
                 model, served_version, ok=outcome == "success", duration_s=duration_s
+            )
+            self.access_log.write(
+                request_id=request_id,
+                trace=trace,
+                model=model,
+                version=served_version,
+                # 499 (nginx's): the client went away before an answer
+                status=499 if outcome == "bad_request" and status == 500 else status,
+                request_bytes=int(headers.get("content-length") or 0),
+                response_bytes=response_bytes,
+                duration_s=duration_s,
             )
 
     async def _decode(

@@ -3,7 +3,8 @@
 `configure_logging("json")` puts one handler on the "torchrig" logger and on uvicorn's
 "uvicorn" and "uvicorn.error" loggers (the access log stays off: the server does not
 enable it). A JSON line carries `time` (RFC 3339, UTC, ms), `level`, `logger`, `message`
-and, when known, `model`, `version`, `request_id`, `duration_ms`, `status`, `url` and `exc`
+and, when known, `model`, `version`, `request_id`, `trace_id`, `span_id`, `duration_ms`,
+`status`, `request_bytes`, `response_bytes`, `url` and `exc`
 (the traceback). Request fields come from `extra=` or from `bind_request(...)`, which
 binds them to the current task or thread for every log call inside it.
 """
@@ -22,7 +23,18 @@ from typing import Any, Literal, TextIO
 import msgspec
 
 LOGGERS = ("torchrig", "uvicorn", "uvicorn.error")
-FIELDS = ("model", "version", "request_id", "duration_ms", "status", "url")
+FIELDS = (
+    "model",
+    "version",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "duration_ms",
+    "status",
+    "request_bytes",
+    "response_bytes",
+    "url",
+)
 
 
 @dataclass(frozen=True)

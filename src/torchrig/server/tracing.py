@@ -1,0 +1,117 @@
+"""W3C trace context and the access log: what joins a request's lines across services.
+
+`TraceContext.from_headers` reads `traceparent` / `tracestate` (W3C Trace Context, level 1);
+the server answers with a `traceparent` of its own span in the caller's trace (a new trace
+when none came or it was malformed), so a proxy or client can join its spans to the
+server's. The trace id goes into every log line about the request with its request id.
+
+The access log is one JSON line per request on the "torchrig.access" logger: model,
+version, status, request and response bytes, and the duration, sampled at
+`access_log_sample` (errors always), for Fluent Bit / Loki.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+access_log = logging.getLogger("torchrig.access")
+
+_TRACEPARENT = re.compile(
+    r"^(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})"
+    r"-(?P<flags>[0-9a-f]{2})(?P<rest>-.*)?$"
+)
+SAMPLED = 0x01
+
+
+@dataclass(frozen=True)
+class TraceContext:
+    """This request's place in a trace: the trace, this server's span, the caller's span."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None = None  # the caller's span; None: this server started the trace
+    flags: int = SAMPLED
+    tracestate: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> TraceContext:
+        """Continue the caller's trace, or start one (a malformed header is ignored, as
+        the specification asks)."""
+        span_id = secrets.token_hex(8)
+        parsed = _parse(headers.get("traceparent", ""))
+        if parsed is None:
+            return cls(trace_id=secrets.token_hex(16), span_id=span_id)
+        trace_id, parent_id, flags = parsed
+        state = headers.get("tracestate") or None
+        return cls(trace_id, span_id, parent_id, flags, state)
+
+    def traceparent(self) -> str:
+        """This server's span as a `traceparent` value (version 00)."""
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags:02x}"
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"traceparent": self.traceparent()}
+        if self.tracestate:
+            headers["tracestate"] = self.tracestate  # passed on unchanged
+        return headers
+
+
+def _parse(value: str) -> tuple[str, str, int] | None:
+    match = _TRACEPARENT.match(value.strip().lower())
+    if match is None or match["version"] == "ff":
+        return None
+    if match["version"] == "00" and match["rest"]:  # version 00 has exactly four fields
+        return None
+    if set(match["trace"]) == {"0"} or set(match["parent"]) == {"0"}:
+        return None
+    return match["trace"], match["parent"], int(match["flags"], 16)
+
+
+class AccessLog:
+    """Decides which requests get an access-log line, and writes it."""
+
+    def __init__(self, sample: float, *, rng: random.Random | None = None) -> None:
+        self.sample = min(max(sample, 0.0), 1.0)
+        self._rng = rng or random.Random()
+
+    def wanted(self, status: int) -> bool:
+        if status >= 500 or self.sample >= 1.0:
+            return True
+        return self.sample > 0.0 and self._rng.random() < self.sample
+
+    def write(
+        self,
+        *,
+        request_id: str,
+        trace: TraceContext,
+        model: str,
+        version: str | None,
+        status: int,
+        request_bytes: int,
+        response_bytes: int,
+        duration_s: float,
+    ) -> None:
+        if not self.wanted(status):
+            return
+        access_log.info(
+            "%s %s %d",
+            model,
+            version or "-",
+            status,
+            extra={
+                "request_id": request_id,
+                "trace_id": trace.trace_id,
+                "span_id": trace.span_id,
+                "model": model,
+                "version": version,
+                "status": status,
+                "request_bytes": request_bytes,
+                "response_bytes": response_bytes,
+                "duration_ms": round(duration_s * 1000, 3),
+            },
+        )

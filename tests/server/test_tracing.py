@@ -1,0 +1,136 @@
+"""W3C trace context and the access log, on a real server with a real client: the
+caller's trace is continued in `traceparent`, and a request's access line carries its
+request id and trace id, sizes, status and duration, as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from faults import body, pack_faulty
+from serving import running
+from torchrig.server.logs import JsonFormatter
+from torchrig.server.tracing import AccessLog, TraceContext
+from torchrig.settings import ServeSettings
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+class Collected(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def access_lines() -> Iterator[Collected]:
+    handler = Collected()
+    logger = logging.getLogger("torchrig.access")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def server_url(tmp_path: Path) -> Iterator[str]:
+    repo = tmp_path / "models"
+    pack_faulty(repo, "m", 1)
+    settings = ServeSettings(port=0, log_format="text", access_log_sample=1.0)
+    with running(repo, settings) as (url, _state):
+        yield url
+
+
+def test_the_callers_trace_is_continued(server_url: str) -> None:
+    with httpx.Client(base_url=server_url, timeout=30) as client:
+        headers = {"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "acme=7"}
+        reply = client.post("/v2/models/m/infer", json=body([1.0]), headers=headers)
+        assert reply.status_code == 200
+        match = TRACEPARENT.match(reply.headers["traceparent"])
+        assert match is not None
+        assert match.group(1) == TRACE  # the same trace
+        assert match.group(2) != PARENT  # the server's own span
+        assert match.group(3) == "01"
+        assert reply.headers["tracestate"] == "acme=7"
+        # none given, or a malformed one: a new trace, never an error
+        for given in ({}, {"traceparent": f"00-{'0' * 32}-{PARENT}-01"}, {"traceparent": "x"}):
+            fresh = client.post("/v2/models/m/infer", json=body([1.0]), headers=given)
+            assert fresh.status_code == 200
+            started = TRACEPARENT.match(fresh.headers["traceparent"])
+            assert started is not None
+            assert started.group(1) not in (TRACE, "0" * 32)
+
+
+def test_an_access_line_per_request_joins_request_and_trace(
+    server_url: str, access_lines: Collected
+) -> None:
+    payload = httpx.Request("POST", "/", json=body([1.0, 2.0])).content
+    headers = {
+        "traceparent": f"00-{TRACE}-{PARENT}-01",
+        "content-type": "application/json",
+        "x-request-id": "req-42",
+    }
+    with httpx.Client(base_url=server_url, timeout=30) as client:
+        reply = client.post("/v2/models/m/infer", content=payload, headers=headers)
+        missing = client.post("/v2/models/nope/infer", content=payload, headers=headers)
+    assert (reply.status_code, missing.status_code) == (200, 404)
+    ok, not_found = access_lines.records
+    line: dict[str, Any] = ok.__dict__
+    assert line["request_id"] == "req-42" == reply.headers["x-request-id"]
+    assert line["trace_id"] == TRACE
+    assert line["span_id"] == reply.headers["traceparent"].split("-")[2]
+    assert (line["model"], line["version"], line["status"]) == ("m", "1", 200)
+    assert line["request_bytes"] == len(payload)
+    assert line["response_bytes"] == len(reply.content)
+    assert line["duration_ms"] > 0
+    assert not_found.__dict__["status"] == 404
+    as_json = json.loads(JsonFormatter().format(ok))  # what Fluent Bit / Loki read
+    assert as_json["logger"] == "torchrig.access"
+    assert {"request_id", "trace_id", "model", "status", "duration_ms"} <= set(as_json)
+
+
+def test_sampling_keeps_a_share_and_every_server_error() -> None:
+    sampled = AccessLog(0.01, rng=random.Random(7))
+    kept = sum(sampled.wanted(200) for _ in range(20_000))
+    assert 120 <= kept <= 280  # 1 % of 20 000, give or take
+    assert all(sampled.wanted(503) for _ in range(100))
+    assert not any(AccessLog(0.0).wanted(200) for _ in range(100))
+    assert all(AccessLog(1.0).wanted(200) for _ in range(100))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"ff-{TRACE}-{PARENT}-01",  # version ff is invalid
+        f"00-{TRACE}-{'0' * 16}-01",  # all-zero parent
+        f"00-{TRACE}-{PARENT}-01-extra",  # version 00 has four fields
+        f"00-{TRACE[:-1]}-{PARENT}-01",
+    ],
+)
+def test_malformed_traceparent_starts_a_trace(value: str) -> None:
+    context = TraceContext.from_headers({"traceparent": value})
+    assert context.parent_id is None
+    assert context.trace_id != TRACE
+
+
+def test_a_future_version_is_read_for_what_it_shares() -> None:
+    context = TraceContext.from_headers({"traceparent": f"01-{TRACE}-{PARENT}-00-more"})
+    assert (context.trace_id, context.parent_id, context.flags) == (TRACE, PARENT, 0)
+    assert context.traceparent().startswith(f"00-{TRACE}-")
