@@ -8,13 +8,16 @@ import json
 import logging
 import random
 import re
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from doubles import until
 from faults import body, pack_faulty
 from serving import running
 from torchrig.server.logs import JsonFormatter
@@ -134,3 +137,98 @@ def test_a_future_version_is_read_for_what_it_shares() -> None:
     context = TraceContext.from_headers({"traceparent": f"01-{TRACE}-{PARENT}-00-more"})
     assert (context.trace_id, context.parent_id, context.flags) == (TRACE, PARENT, 0)
     assert context.traceparent().startswith(f"00-{TRACE}-")
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on loopback (port 0): the spans of every export."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        received: list[Any] = []
+        self.spans = received
+        self.resources: list[dict[str, Any]] = []
+        resources = self.resources
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["content-length"])
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(self.rfile.read(length))
+                for resource_spans in request.resource_spans:
+                    resources.append(
+                        {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                    )
+                    for scope_spans in resource_spans.scope_spans:
+                        received.extend(scope_spans.spans)
+                answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def otlp(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra: pip install 'torchrig[otel]'")
+    receiver = OtlpReceiver()
+    for name in ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")  # ms: export soon after the request
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "ranking-svc")
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def test_spans_over_otlp_continue_the_callers_trace(otlp: OtlpReceiver, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    pack_faulty(repo, "m", 1)
+    unsampled_trace = "5" * 32
+    with (
+        running(repo, ServeSettings(port=0, log_format="text")) as (url, _state),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        skipped = {"traceparent": f"00-{unsampled_trace}-{PARENT}-00"}
+        assert client.post("/v2/models/m/infer", json=body([1.0]), headers=skipped).is_success
+        reply = client.post(
+            "/v2/models/m/infer",
+            json=body([1.0]),
+            headers={"traceparent": f"00-{TRACE}-{PARENT}-01"},
+        )
+        assert reply.status_code == 200
+        until(lambda: len(otlp.spans) >= 4, "four spans exported", timeout_s=30)
+    spans = {span.name: span for span in otlp.spans}
+    assert set(spans) == {"infer m", "decode", "compute", "encode"}  # none of the unsampled
+    server = spans["infer m"]
+    assert server.trace_id.hex() == TRACE
+    assert server.parent_span_id.hex() == PARENT  # the caller's span
+    assert server.span_id.hex() == reply.headers["traceparent"].split("-")[2]
+    assert server.kind == server.SPAN_KIND_SERVER
+    attributes = {a.key: a.value for a in server.attributes}
+    assert attributes["torchrig.model"].string_value == "m"
+    assert attributes["http.response.status_code"].int_value == 200
+    previous_end = server.start_time_unix_nano
+    for name in ("decode", "compute", "encode"):  # in order, inside the server span
+        stage = spans[name]
+        assert stage.trace_id.hex() == TRACE
+        assert stage.parent_span_id == server.span_id
+        assert previous_end <= stage.start_time_unix_nano <= stage.end_time_unix_nano
+        previous_end = stage.end_time_unix_nano
+    assert previous_end <= server.end_time_unix_nano
+    assert otlp.resources[0]["service.name"] == "ranking-svc"

@@ -29,6 +29,7 @@ from torchrig.protocol.shared_memory import ShmReader
 from torchrig.runtime import ModelRegistry
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
+from torchrig.server.otel import RequestMarks, SpanRecorder
 from torchrig.server.shm import SharedMemory, access, http_peer_uid, register_json
 from torchrig.server.tracing import AccessLog, TraceContext
 from torchrig.server.triton import Statistics, model_config
@@ -124,6 +125,7 @@ class V2App:
         self._worker = str(os.getpid()).encode() if state.settings.workers > 1 else None
         self._large_decode_slots: asyncio.Semaphore | None = None
         self.access_log = AccessLog(state.settings.access_log_sample)
+        self.spans = SpanRecorder.from_environment()  # None unless OTEL_* ask for spans
         self.management = Management(
             state.registry,
             control_mode=state.settings.control_mode,
@@ -330,7 +332,7 @@ class V2App:
 
     # ---- infer -------------------------------------------------------------------------------
 
-    async def _infer(
+    async def _infer(  # noqa: PLR0915 - one request's whole path, timed stage by stage
         self, scope: Scope, receive: Receive, send: Send, params: dict[str, str]
     ) -> None:
         from torchrig.protocol import encode_infer_response
@@ -341,6 +343,7 @@ class V2App:
         trace = TraceContext.from_headers(headers)
         model, version = params["model"], params.get("version")
         started = time.perf_counter()
+        marks = [time.time_ns()]  # stage boundaries for the spans: start, decoded, computed
         extra_headers: dict[str, str] = {"x-request-id": request_id, **trace.response_headers()}
         status, response_bytes = 500, 0
         served_version: str | None = version
@@ -353,6 +356,7 @@ class V2App:
                 )
             shm_read, shm_write = access(state.shared_memory, partial(http_peer_uid, scope))
             served, request = await self._decode(model, version, headers, receive, shm_read)
+            marks.append(time.time_ns())
             manifest = served.manifest
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
@@ -364,6 +368,7 @@ class V2App:
                 outcome = "bad_request"  # a client-side end, as nginx's 499
                 return
             served_version = str(served.version)
+            marks.append(time.time_ns())
             payload, response_headers = encode_infer_response(
                 model_name=model,
                 model_version=served_version,
@@ -379,6 +384,7 @@ class V2App:
             extra_headers.update(response_headers)
             outcome = "success"
             status, response_bytes = 200, len(payload)
+            marks.append(time.time_ns())
             await _respond(send, 200, payload, extra_headers, content_type=None)
         except TorchrigError as exc:
             outcome = _outcome(exc.status_code)
@@ -424,9 +430,10 @@ class V2App:
             state.statistics.request(
                 model, served_version, ok=outcome == "success", duration_s=duration_s
             )
-            self.access_log.write(
+            self._observe(
                 request_id=request_id,
                 trace=trace,
+                marks=RequestMarks.of(marks),
                 model=model,
                 version=served_version,
                 # 499 (nginx's): the client went away before an answer
@@ -435,6 +442,33 @@ class V2App:
                 response_bytes=response_bytes,
                 duration_s=duration_s,
             )
+
+    def _observe(
+        self,
+        *,
+        request_id: str,
+        trace: TraceContext,
+        marks: RequestMarks,
+        model: str,
+        version: str | None,
+        status: int,
+        request_bytes: int,
+        response_bytes: int,
+        duration_s: float,
+    ) -> None:
+        """The request's access line (sampled) and, with OpenTelemetry on, its spans."""
+        self.access_log.write(
+            request_id=request_id,
+            trace=trace,
+            model=model,
+            version=version,
+            status=status,
+            request_bytes=request_bytes,
+            response_bytes=response_bytes,
+            duration_s=duration_s,
+        )
+        if self.spans is not None:
+            self.spans.record(trace, marks, model=model, version=version, status=status)
 
     async def _decode(
         self,
