@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import torch
 
 from doubles import until
@@ -23,7 +24,7 @@ from torchrig.packaging import pack
 from torchrig.repository import BatchingConfig, ModelConfig
 
 
-def start(repo: Path, drain_timeout_s: int = 20) -> tuple[subprocess.Popen[str], str]:
+def start(repo: Path, drain_timeout_s: float = 20) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
     errors = (repo.parent / "stderr.txt").open("w")
     proc = subprocess.Popen(
@@ -177,16 +178,20 @@ class ReadinessProber(threading.Thread):
                 return
 
 
-def test_the_drain_timeout_ends_a_drain_that_would_not(tmp_path: Path) -> None:
+@pytest.mark.parametrize("drain_timeout_s", [2, 0.5])
+def test_the_drain_timeout_ends_a_drain_that_would_not(
+    tmp_path: Path, drain_timeout_s: float
+) -> None:
     """A request that would be held a minute: the server gives up on it after
-    --drain-timeout-s, still releases the models and exits."""
+    --drain-timeout-s, still releases the models and exits. A fraction of a second is a
+    timeout too (it was truncated to 0, which uvicorn took as "wait for ever")."""
     root = tmp_path / "models"
     config = ModelConfig(
         batching=BatchingConfig(max_batch_size=64, max_queue_delay_ms=60_000), warmup=False
     )
     pack(PlusOne(), (torch.zeros(2, 4),), name="held", repository=root, version=1,
          output_names=["y"], config=config)  # fmt: skip
-    proc, url = start(root, drain_timeout_s=2)
+    proc, url = start(root, drain_timeout_s=drain_timeout_s)
     outcome: list[Any] = []
 
     def call() -> None:
