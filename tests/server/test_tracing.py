@@ -232,3 +232,22 @@ def test_spans_over_otlp_continue_the_callers_trace(otlp: OtlpReceiver, tmp_path
         previous_end = stage.end_time_unix_nano
     assert previous_end <= server.end_time_unix_nano
     assert otlp.resources[0]["service.name"] == "ranking-svc"
+
+
+def test_new_traces_are_sampled_at_the_configured_ratio() -> None:
+    from torchrig.server.otel import root_ratio
+
+    def share(ratio: float) -> float:
+        flags = [TraceContext.from_headers({}, root_ratio=ratio).flags for _ in range(4000)]
+        return sum(flags) / len(flags)
+
+    assert share(1.0) == 1.0
+    assert share(0.0) == 0.0
+    assert 0.2 <= share(0.25) <= 0.3
+    # a caller's decision is followed, whatever the ratio
+    caller = TraceContext.from_headers({"traceparent": f"00-{TRACE}-{PARENT}-01"}, root_ratio=0)
+    assert caller.flags == 1
+    ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    assert root_ratio(ratio) == 0.1
+    assert root_ratio({"OTEL_TRACES_SAMPLER": "always_off"}) == 0.0
+    assert root_ratio({}) == 1.0

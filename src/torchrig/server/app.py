@@ -340,7 +340,9 @@ class V2App:
         state = self.state
         headers = _headers(scope)
         request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids):x}"
-        trace = TraceContext.from_headers(headers)
+        trace = TraceContext.from_headers(
+            headers, root_ratio=self.spans.root_ratio if self.spans is not None else 1.0
+        )
         model, version = params["model"], params.get("version")
         started = time.perf_counter()
         marks = [time.time_ns()]  # stage boundaries for the spans: start, decoded, computed

@@ -55,13 +55,29 @@ def wanted(environ: Mapping[str, str]) -> bool:
     return bool(endpoint) and exporter != "none" and not disabled
 
 
+def root_ratio(environ: Mapping[str, str]) -> float:
+    """The share of new traces to sample, from OTEL_TRACES_SAMPLER(_ARG): the ratio of
+    (parentbased_)traceidratio, 0 for (parentbased_)always_off, else 1. A caller's
+    decision (its traceparent's sampled flag) is always followed."""
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if sampler.endswith("always_off"):
+        return 0.0
+    if sampler.endswith("traceidratio"):
+        try:
+            return min(max(float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1")), 0.0), 1.0)
+        except ValueError:
+            log.warning("OTEL_TRACES_SAMPLER_ARG is not a number: sampling every trace")
+    return 1.0
+
+
 class SpanRecorder:
     """Builds each request's spans and hands them to a batch span processor."""
 
-    def __init__(self, processor: Any, resource: Any, scope: Any) -> None:
+    def __init__(self, processor: Any, resource: Any, scope: Any, root_ratio: float = 1.0) -> None:
         self._processor = processor
         self._resource = resource
         self._scope = scope
+        self.root_ratio = root_ratio  # the share of new traces (no caller's) sampled
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> SpanRecorder | None:
@@ -85,7 +101,8 @@ class SpanRecorder:
         resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "torchrig")})
         processor = BatchSpanProcessor(OTLPSpanExporter())  # the exporter reads OTEL_*
         atexit.register(processor.shutdown)  # flush what is queued when the process ends
-        return cls(processor, resource, InstrumentationScope("torchrig", __version__))
+        scope = InstrumentationScope("torchrig", __version__)
+        return cls(processor, resource, scope, root_ratio(environ))
 
     def record(
         self,

@@ -39,13 +39,17 @@ class TraceContext:
     tracestate: str | None = None
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> TraceContext:
-        """Continue the caller's trace, or start one (a malformed header is ignored, as
-        the specification asks)."""
+    def from_headers(cls, headers: Mapping[str, str], *, root_ratio: float = 1.0) -> TraceContext:
+        """Continue the caller's trace (and its sampling decision), or start one, sampled
+        at `root_ratio` by its trace id (a malformed header is ignored, as the
+        specification asks)."""
         span_id = secrets.token_hex(8)
         parsed = _parse(headers.get("traceparent", ""))
         if parsed is None:
-            return cls(trace_id=secrets.token_hex(16), span_id=span_id)
+            trace_id = secrets.token_hex(16)
+            # OpenTelemetry's TraceIdRatioBased: the low 64 bits below ratio * 2**64
+            sampled = int(trace_id[16:], 16) < root_ratio * (1 << 64)
+            return cls(trace_id=trace_id, span_id=span_id, flags=SAMPLED if sampled else 0)
         trace_id, parent_id, flags = parsed
         state = headers.get("tracestate") or None
         return cls(trace_id, span_id, parent_id, flags, state)
