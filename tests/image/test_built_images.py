@@ -24,7 +24,9 @@ from torchrig.demo import build_demo_repository
 from torchrig.image.container import Engineer, RunOptions
 from torchrig.image.engine import find_engine
 
-pytestmark = pytest.mark.images
+# building an image takes minutes (the CUDA one's wheels are gigabytes): past the suite's
+# 300 s per test, each test here (and the build its fixture runs) has 40 minutes
+pytestmark = [pytest.mark.images, pytest.mark.timeout(2400)]
 
 CPU_TORCH = torch.__version__.split("+", 1)[0]  # the image's torch is the tests' own release
 CUDA_TORCH = "2.14.1"
