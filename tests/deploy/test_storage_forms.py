@@ -19,7 +19,7 @@ from torchrig.errors import UsageError
 
 Validate = Callable[[dict[str, Any]], None]
 IMAGE = "ghcr.io/acme/pytorch:2.11.0-cuda12.8-serve"
-BUCKET = "models"
+BUCKET = "deploy-models"
 TOKEN = "local-management-token"
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -147,9 +147,10 @@ def test_a_path_in_the_image_only_when_asked(
 
 @pytest.fixture
 def moto_s3(demo_repo: Path) -> Iterator[str]:
-    """moto's S3 server on loopback with the demo repository under s3://models/repo; yields
-    its endpoint URL. The test process's own env is left alone: the pod gets its
-    credentials from the Secret stand-in."""
+    """moto's S3 server on loopback with the demo repository under s3://deploy-models/repo;
+    yields its endpoint URL. The test process's own env is left alone: the pod gets its
+    credentials from the Secret stand-in. moto keeps its buckets in process-wide state,
+    shared by every moto server of the test run: it is reset at the end."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -172,6 +173,7 @@ def moto_s3(demo_repo: Path) -> Iterator[str]:
     try:
         yield endpoint
     finally:
+        httpx.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()
         server.stop()
 
 
