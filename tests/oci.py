@@ -92,6 +92,20 @@ def _base_tarball(root: Path) -> Path:
     return tarball
 
 
+def _reclaim(engines: Engines) -> None:
+    """Drop what earlier runs left: working containers of interrupted builds and images no
+    tag reaches (superseded builds). The tagged images keep their layers as the cache."""
+    engines.run("buildah", "rm", "--all", check=False)
+    engines.run("podman", "image", "prune", "--force", check=False)
+
+
+def require_free_disk(engines: Engines, gigabytes: int) -> None:
+    """Skip (fail in CI) when the image storage's disk cannot hold a build of this size."""
+    free = shutil.disk_usage(engines.root).free / 1e9
+    if free < gigabytes:
+        missing(f"{free:.0f} GB free under {engines.root}; this build needs about {gigabytes}")
+
+
 def prepare_engines() -> Engines:
     """Engines with a Debian 12 base image (mmdebstrap) imported into the test storage;
     overlay storage where this kernel allows it, else vfs."""
@@ -105,6 +119,7 @@ def prepare_engines() -> Engines:
     problems = []
     for driver in ("overlay", "vfs"):
         engines = Engines(root, _write_config(root, driver), driver)
+        _reclaim(engines)
         if not engines.has_image(BASE_IMAGE):
             engines.run("podman", "import", str(tarball), BASE_IMAGE, check=False)
         probe = subprocess.run(["podman", "run", "--rm", "--no-healthcheck", BASE_IMAGE, "true"],

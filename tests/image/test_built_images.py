@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from doubles import until
-from oci import BASE_IMAGE, Engines, prepare_engines, wheelhouse_with
+from oci import BASE_IMAGE, Engines, prepare_engines, require_free_disk, wheelhouse_with
 from torchrig.demo import build_demo_repository
 from torchrig.image.container import Engineer, RunOptions
 from torchrig.image.engine import find_engine
@@ -63,7 +63,9 @@ def build_image(
     assert tagged.returncode == 0, tagged.stderr
     tag = tagged.stdout.strip()
     build = ["image", "build", str(context), "--tag", tag, "--engine", "buildah"]
-    if wheelhouse is not None:  # torch is in the wheelhouse: no torch index to reach
+    if wheelhouse is not None or cuda != "cpu":
+        # torch is in the wheelhouse, or it is PyPI's own CUDA variant (pinned without a
+        # local label): no torch index to reach, as with a plain PyPI mirror
         build += ["--build-arg", "TORCH_INDEX_URL="]
     built = engines.torchrig(*build, timeout_s=2400)
     assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
@@ -188,6 +190,7 @@ def test_the_cuda_runtime_image_keeps_its_promises(
 ) -> None:
     """torch's CUDA wheel (PyPI's default variant, pinned without a local label) with its
     nvidia-* libraries: it installs, its pins hold, and it reports its CUDA without a GPU."""
+    require_free_disk(engines, 25)  # the wheels, the builder's venv and the image's copy
     tag = build_image(
         engines,
         tmp_path_factory.mktemp("cuda"),
