@@ -16,10 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torchrig.errors import UsageError
-from torchrig.image.engine import DockerUnavailableError, Engine, find_engine
+from torchrig.image.engine import Engine, find_engine
 from torchrig.image.tags import REPOSITORY
-
-__all__ = ["DockerUnavailableError", "build", "build_commands", "host_index_settings"]
 
 # variables of this machine that say how it reaches package indexes
 _INDEX_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")

@@ -29,10 +29,6 @@ class EngineUnavailableError(TorchrigError):
     exit_code = 2
 
 
-# the name earlier releases raised; kept for callers that catch it
-DockerUnavailableError = EngineUnavailableError
-
-
 @dataclasses.dataclass(frozen=True)
 class Engine:
     """One usable engine: its name and the client binary's path."""
