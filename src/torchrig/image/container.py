@@ -11,7 +11,7 @@ import dataclasses
 import json
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from torchrig.errors import TorchrigError
@@ -174,8 +174,3 @@ def poll(
             return bool(condition())
         time.sleep(interval_s)
     return bool(condition())
-
-
-def env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """`NAME=value` strings as pairs."""
-    return tuple((item.split("=", 1)[0], item.split("=", 1)[1]) for item in items if "=" in item)

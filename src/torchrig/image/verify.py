@@ -85,6 +85,15 @@ def http_json(url: str, payload: dict[str, Any] | None = None) -> tuple[int, Any
         return 0, str(exc)
 
 
+def _until_ok(runner: Engineer, container: str, url: str) -> bool:
+    """Whether `url` answers 200 before the deadline, while the container still runs."""
+    return poll(
+        lambda: http_status(url) == 200,
+        timeout_s=READY_TIMEOUT_S,
+        while_true=lambda: runner.running(container),
+    )
+
+
 # -- every flavour ---------------------------------------------------------------------------
 
 
@@ -196,11 +205,7 @@ def check_serve(runner: Engineer, plan: TestPlan) -> Iterator[CheckResult]:
     )
     port = runner.port(container, SERVE_PORT)
     base = f"http://127.0.0.1:{port}"
-    ready = poll(
-        lambda: http_status(f"{base}/v2/health/ready") == 200,
-        timeout_s=READY_TIMEOUT_S,
-        while_true=lambda: runner.running(container),
-    )
+    ready = _until_ok(runner, container, f"{base}/v2/health/ready")
     if not ready:
         yield CheckResult(
             "serve.infer",
@@ -354,11 +359,7 @@ def _check_pod_spec(runner: Engineer, plan: TestPlan) -> Iterator[CheckResult]:
         started = runner.start(plan.image, options)
         probe = container["readinessProbe"]["httpGet"]["path"]
         port = runner.port(started, int(container["ports"][0]["containerPort"]))
-        ready = poll(
-            lambda: http_status(f"http://127.0.0.1:{port}{probe}") == 200,
-            timeout_s=READY_TIMEOUT_S,
-            while_true=lambda: runner.running(started),
-        )
+        ready = _until_ok(runner, started, f"http://127.0.0.1:{port}{probe}")
         live = http_status(
             f"http://127.0.0.1:{port}{container['livenessProbe']['httpGet']['path']}"
         )
@@ -513,11 +514,7 @@ def _check_jupyter(runner: Engineer, plan: TestPlan) -> Iterator[CheckResult]:
     )
     port = runner.port(container, JUPYTER_PORT)
     base = f"http://127.0.0.1:{port}/api/status"
-    up = poll(
-        lambda: http_status(f"{base}?token={token}") == 200,
-        timeout_s=READY_TIMEOUT_S,
-        while_true=lambda: runner.running(container),
-    )
+    up = _until_ok(runner, container, f"{base}?token={token}")
     without = http_status(base)
     wrong = http_status(f"{base}?token=not-{token}")
     ok = up and without in (401, 403) and wrong in (401, 403)
