@@ -159,7 +159,8 @@ def test_image_test_fails_an_image_that_breaks_the_promises(
     )
     broken = "localhost/pytorch:broken-serve"
     engines.run("buildah", "bud", "--format", "docker", "--tag", broken, str(tmp_path))
-    code, statuses, _ = image_test(engines, broken)
+    # listening on loopback, it never answers the host: 30 s stand for the 180 s default
+    code, statuses, _ = image_test(engines, broken, "--ready-timeout-s", "30")
     assert code == 1
     assert statuses["user.non_root"] == "fail"
     assert statuses["venv.read_only"] == "fail"

@@ -253,8 +253,12 @@ def build_command(
               default=None,
               help="serve: a model repository to mount at /models (default: the demo models, "
               "packed inside the image).")  # fmt: skip
+@click.option("--ready-timeout-s", type=click.FloatRange(min=1), default=180.0, show_default=True,
+              help="how long a started container may take to answer its probes.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print the checks as JSON.")
-def test_command(image_ref: str, engine: str, model_repo: Path | None, as_json: bool) -> None:
+def test_command(
+    image_ref: str, engine: str, model_repo: Path | None, ready_timeout_s: float, as_json: bool
+) -> None:
     """Start a built image and check what it promises (exit 1 if a check fails)."""
     import shutil
     import tempfile
@@ -265,11 +269,12 @@ def test_command(image_ref: str, engine: str, model_repo: Path | None, as_json: 
 
     found = find_engine(engine, purpose="run")
     with engineer(found) as runner, tempfile.TemporaryDirectory(prefix="torchrig-test-") as tmp:
-        plan = plan_for(runner, image_ref, model_repo, gpu_on_host=shutil.which("nvidia-smi")
-                        is not None)  # fmt: skip
+        gpu_on_host = shutil.which("nvidia-smi") is not None
+        plan = plan_for(runner, image_ref, model_repo, gpu_on_host=gpu_on_host,
+                        ready_timeout_s=ready_timeout_s)  # fmt: skip
         if plan.flavour == "serve" and model_repo is None:
             demo = make_demo_repository(runner, image_ref, Path(tmp) / "models")
-            plan = plan_for(runner, image_ref, demo, gpu_on_host=plan.gpu_on_host)
+            plan = dataclasses.replace(plan, model_repo=demo)
         results = run_checks(runner, plan)
     failed = [r for r in results if r.status == "fail"]
     if as_json:

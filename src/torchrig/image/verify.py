@@ -53,6 +53,7 @@ class TestPlan:
     user: str
     model_repo: Path | None = None
     gpu_on_host: bool = False
+    ready_timeout_s: float = READY_TIMEOUT_S
 
 
 Check = Callable[[Engineer, TestPlan], Iterator[CheckResult]]
@@ -85,11 +86,11 @@ def http_json(url: str, payload: dict[str, Any] | None = None) -> tuple[int, Any
         return 0, str(exc)
 
 
-def _until_ok(runner: Engineer, container: str, url: str) -> bool:
-    """Whether `url` answers 200 before the deadline, while the container still runs."""
+def _until_ok(runner: Engineer, container: str, url: str, timeout_s: float) -> bool:
+    """Whether `url` answers 200 within `timeout_s`, while the container still runs."""
     return poll(
         lambda: http_status(url) == 200,
-        timeout_s=READY_TIMEOUT_S,
+        timeout_s=timeout_s,
         while_true=lambda: runner.running(container),
     )
 
@@ -205,7 +206,7 @@ def check_serve(runner: Engineer, plan: TestPlan) -> Iterator[CheckResult]:
     )
     port = runner.port(container, SERVE_PORT)
     base = f"http://127.0.0.1:{port}"
-    ready = _until_ok(runner, container, f"{base}/v2/health/ready")
+    ready = _until_ok(runner, container, f"{base}/v2/health/ready", plan.ready_timeout_s)
     if not ready:
         yield CheckResult(
             "serve.infer",
@@ -359,7 +360,7 @@ def _check_pod_spec(runner: Engineer, plan: TestPlan) -> Iterator[CheckResult]:
         started = runner.start(plan.image, options)
         probe = container["readinessProbe"]["httpGet"]["path"]
         port = runner.port(started, int(container["ports"][0]["containerPort"]))
-        ready = _until_ok(runner, started, f"http://127.0.0.1:{port}{probe}")
+        ready = _until_ok(runner, started, f"http://127.0.0.1:{port}{probe}", plan.ready_timeout_s)
         live = http_status(
             f"http://127.0.0.1:{port}{container['livenessProbe']['httpGet']['path']}"
         )
@@ -514,7 +515,7 @@ def _check_jupyter(runner: Engineer, plan: TestPlan) -> Iterator[CheckResult]:
     )
     port = runner.port(container, JUPYTER_PORT)
     base = f"http://127.0.0.1:{port}/api/status"
-    up = _until_ok(runner, container, f"{base}?token={token}")
+    up = _until_ok(runner, container, f"{base}?token={token}", plan.ready_timeout_s)
     without = http_status(base)
     wrong = http_status(f"{base}?token=not-{token}")
     ok = up and without in (401, 403) and wrong in (401, 403)
@@ -535,7 +536,12 @@ CHECKS: dict[str, list[Check]] = {
 
 
 def plan_for(
-    runner: Engineer, image: str, model_repo: Path | None, *, gpu_on_host: bool
+    runner: Engineer,
+    image: str,
+    model_repo: Path | None,
+    *,
+    gpu_on_host: bool,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> TestPlan:
     """The plan for `image`, from the labels `torchrig image render` gave it."""
     config = runner.inspect_image(image).get("Config", {})
@@ -554,6 +560,7 @@ def plan_for(
         user=str(config.get("User") or ""),
         model_repo=model_repo,
         gpu_on_host=gpu_on_host,
+        ready_timeout_s=ready_timeout_s,
     )
 
 
