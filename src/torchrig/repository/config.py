@@ -43,6 +43,28 @@ class VersionPolicy(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     versions: list[int] = []  # with policy "specific"
 
 
+class PipelineStep(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One `[[pipeline.step]]`: a member model (`model`) or a built-in step (`step`).
+
+    `input_map` / `output_map` rename tensors as Triton's ensembles do: the key is the
+    member's own tensor name, the value the pipeline's; a name left out keeps its own."""
+
+    model: str = ""  # a model of the same repository, batched by its own batcher
+    version: int | None = None  # None: the member's highest ready version
+    step: str = ""  # a built-in step kind (torchrig.runtime.steps), instead of a model
+    options: dict[str, Any] = {}  # the built-in step's options
+    input_map: dict[str, str] = {}
+    output_map: dict[str, str] = {}
+
+
+class PipelineConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[pipeline]`: the model is a list of steps run in order, served as one model."""
+
+    step: list[PipelineStep] = []
+    # the pipeline's outputs (pipeline tensor names); empty: every output of the last step
+    outputs: list[str] = []
+
+
 class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     batching: BatchingConfig = BatchingConfig()
     device: str = "auto"  # "auto" (cuda:0 if available), "cpu", "cuda", "cuda:N"
@@ -63,6 +85,26 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # checked at load: bytes with a unit ("4GiB") or a fraction of device memory (0.5)
     memory_budget: str | float | None = None
     version_policy: VersionPolicy = VersionPolicy()
+    # a pipeline (Triton's ensemble): this model has no versions of its own, its steps run
+    # the models they name (see torchrig.runtime.pipeline)
+    pipeline: PipelineConfig | None = None
+
+
+def _check_pipeline(pipeline: PipelineConfig) -> list[str]:
+    problems: list[str] = []
+    if not pipeline.step:
+        problems.append('pipeline needs at least one [[pipeline.step]] with model = "NAME"')
+    for number, step in enumerate(pipeline.step, 1):
+        if bool(step.model) == bool(step.step):
+            problems.append(
+                f'pipeline step {number} must name either model = "NAME" or step = "KIND" '
+                "(exactly one)"
+            )
+        if step.version is not None and step.version < 1:
+            problems.append(f"pipeline step {number}: version must be >= 1 (or left out)")
+        if step.options and not step.step:
+            problems.append(f"pipeline step {number}: options are for built-in steps only")
+    return problems
 
 
 def _check(config: ModelConfig, origin: str) -> ModelConfig:
@@ -96,6 +138,8 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
         problems.append("version_policy.latest must be >= 1")
     if policy.policy == "specific" and not policy.versions:
         problems.append('version_policy.versions must list versions when policy = "specific"')
+    if config.pipeline is not None:
+        problems.extend(_check_pipeline(config.pipeline))
     if problems:
         raise RepositoryError(f"{origin}: " + "; ".join(problems) + ".")
     return config
@@ -117,7 +161,8 @@ def parse_config(text: str, *, origin: str = CONFIG_FILE) -> ModelConfig:
                 " Known keys: batching.{max_batch_size, max_queue_delay_ms, "
                 "preferred_batch_sizes, max_queue_size}, device, dtype, channels_last, "
                 "instances, threads, warmup, cuda_graphs, compile, memory_budget, "
-                "version_policy.{policy, latest, versions}."
+                "version_policy.{policy, latest, versions}, pipeline.{outputs, step[].{model, "
+                "version, step, options, input_map, output_map}}."
             )
         raise RepositoryError(f"{origin}: {message}.{hint}") from None
     return _check(config, origin)
