@@ -20,7 +20,10 @@ MANIFEST_KIND = "torchrig-model"
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
-Format = Literal["torch.export", "aoti", "torchscript"]
+# "handler": a Python handler (`pack --handler`), run only by a server that allows them;
+# "pipeline": what the server describes a pipeline with (never a packed version)
+Format = Literal["torch.export", "aoti", "torchscript", "handler", "pipeline"]
+PROGRAM_FORMATS = ("torch.export", "aoti", "torchscript")  # what `pack` exports
 
 
 class TensorSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +57,17 @@ class GoldenSpec(msgspec.Struct, frozen=True, kw_only=True):
     tolerances: dict[str, Tolerance]  # V2 datatype -> tolerance for outputs of that type
 
 
+class HandlerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A Python handler version: its file, the class the server makes, and the sha256 of
+    the source it may run (checked on the very bytes it executes). The source is kept
+    here too, so reviewing the manifest is reviewing the code that will run."""
+
+    file: str  # "handler.py", relative to the version directory
+    class_name: str  # "Handler"
+    sha256: str
+    source: str
+
+
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     kind: str = MANIFEST_KIND
     schema_version: int = MANIFEST_SCHEMA_VERSION
@@ -77,6 +91,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     # output name -> its class labels, in class-index order (`pack --labels`): the
     # classification extension answers "score:index:label" with them
     labels: dict[str, list[str]] = {}
+    handler: HandlerSpec | None = None  # with format "handler"
 
 
 def manifest_to_json(manifest: Manifest) -> bytes:

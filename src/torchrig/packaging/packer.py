@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
@@ -28,7 +28,13 @@ from torchrig.packaging.export import (
 )
 from torchrig.packaging.files import file_entry, next_version, publish, staging_directory
 from torchrig.packaging.golden import GOLDEN_FILE, make_golden, tolerance_for
-from torchrig.packaging.manifest import Format, GoldenSpec, Manifest, Tolerance
+from torchrig.packaging.manifest import (
+    PROGRAM_FORMATS,
+    Format,
+    GoldenSpec,
+    Manifest,
+    Tolerance,
+)
 from torchrig.packaging.signature import (
     NamedTensors,
     check_batch,
@@ -262,8 +268,11 @@ def pack(
     `input_ranges` declares integer inputs' inclusive value ranges (embedding indices):
     the server refuses a request outside them before it reaches the model.
     """
-    if format not in get_args(Format):
-        raise PackError(f"format {format!r} must be one of {', '.join(get_args(Format))}.")
+    if format not in PROGRAM_FORMATS:
+        raise PackError(
+            f"format {format!r} must be one of {', '.join(PROGRAM_FORMATS)} "
+            "(a Python handler is packed with pack_handler / `torchrig pack --handler`)."
+        )
     if not isinstance(module, torch.nn.Module):
         raise PackError(f"pack needs a torch.nn.Module, got a {type(module).__name__}.")
     inputs = name_inputs(module, example_inputs, input_names)

@@ -100,6 +100,15 @@ def load_program(
 
 
 def _load(path: str, manifest: Manifest, target: torch.device) -> Any:
+    if manifest.format == "handler":
+        raise ArtifactError(
+            f"{path} is a Python handler, not a program: loading it runs its code, which only "
+            "`torchrig serve --allow-python-handlers` does."
+        )
+    if manifest.format == "pipeline":
+        raise ArtifactError(
+            f"{path}: a pipeline is declared in its model's config.toml ([pipeline]), not packed."
+        )
     if manifest.format == "torch.export":
         from torch.export.passes import move_to_device_pass
 
