@@ -11,19 +11,22 @@ import logging
 import re
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from torchrig.errors import PackError
+from torchrig.packaging.dynamic import export_shapes
+from torchrig.packaging.manifest import DynamicDim
 
 EXPORT_FILE = "model.pt2"
 TORCHSCRIPT_FILE = "model.ts"
 
 _CALL_SITE = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s+(.+)')
 _SPECIALISED = re.compile(r"specialized it to be a constant \((\d+)\)")
+_CONSTRAINED_DIM = re.compile(r"L\['(\w+)'\]\.size\(\)\[(\d+)\]")
 _OPERATOR = re.compile(r"(aten\.\w+(?:\.\w+)?|[\w.]+::\w+(?:\.\w+)?)")
 
 
@@ -86,6 +89,13 @@ def explain_export_failure(exc: BaseException, input_names: list[str], what: str
     site = _user_site(exc)
     where = f" at {site}" if site else ""
     constant = _SPECIALISED.search(message)
+    fixed_dim = _CONSTRAINED_DIM.search(message)
+    if "Constraints violated" in message and constant and fixed_dim and fixed_dim[2] != "0":
+        return PackError(
+            f"{what}: the model's code fixes dim {fixed_dim[2]} of {fixed_dim[1]!r}, declared "
+            f"dynamic, to {constant[1]}{where}. Remove the hard-coded size (use x.shape[...] "
+            "or -1 in reshapes), or leave that dimension out of --dynamic."
+        )
     if "Constraints violated" in message and constant:
         return PackError(
             f"{what}: the model's code fixes the batch dimension (dim 0 of inputs "
@@ -121,12 +131,12 @@ def export_module(
     *,
     dynamic_batch: bool,
     max_batch_size: int,
+    dynamic: Sequence[DynamicDim] = (),
 ) -> Any:
-    """`torch.export.export` with dim 0 of every input sharing one dynamic batch `Dim`."""
-    dynamic_shapes: tuple[Any, ...] | None = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=max_batch_size)
-        dynamic_shapes = tuple({0: batch} for _ in args)
+    """`torch.export.export` with dim 0 of every input sharing one dynamic batch `Dim`,
+    and each `dynamic` dimension variable within its declared range."""
+    batch = torch.export.Dim("batch", min=1, max=max_batch_size) if dynamic_batch else None
+    dynamic_shapes = export_shapes(dynamic, input_names, batch)
     try:
         with quiet_torch():
             return torch.export.export(module, args, dynamic_shapes=dynamic_shapes)

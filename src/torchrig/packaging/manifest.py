@@ -37,6 +37,17 @@ class TensorSpec(msgspec.Struct, frozen=True, kw_only=True):
     shape: list[int]
 
 
+class DynamicDim(msgspec.Struct, frozen=True, kw_only=True):
+    """A declared variable dimension past the batch (`pack --dynamic NAME:DIM:MIN-MAX`):
+    the signature shows -1 there; the server refuses sizes outside [min, max] per request
+    and warms up (and captures CUDA graphs for) buckets between them."""
+
+    input: str
+    dim: int
+    min: int
+    max: int | None = None  # None: no upper bound was declared
+
+
 class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
     path: str  # relative to the version directory, "/"-separated
     sha256: str
@@ -82,6 +93,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     # inclusive [low, high] of integer inputs (embedding indices...), checked per request
     # before the model sees it: a bad index must not become a device-side assert
     input_ranges: dict[str, list[int]] = {}
+    dynamic_dims: list[DynamicDim] = []  # variable dims past the batch, with their ranges
     files: list[FileEntry]  # every file of the version except manifest.json
     golden: GoldenSpec | None = None
     environment: EnvLock | None = None  # the exporting environment's lock
