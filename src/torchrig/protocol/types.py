@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, SupportsIndex, overload
 
 import msgspec
 
@@ -54,3 +54,46 @@ class BytesTensor(list[bytes]):
 
     def __repr__(self) -> str:
         return f"BytesTensor({list.__repr__(self)}, shape={list(self.shape)})"
+
+    @property
+    def row_size(self) -> int:
+        """Elements per row (per index of dimension 0)."""
+        size = 1
+        for dim in self.shape[1:]:
+            size *= dim
+        return size
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> BytesTensor: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> bytes | BytesTensor:
+        """An element by flat index, or a slice of rows (dimension 0), as a tensor's
+        `t[a:b]` is: what the batcher does to split a batch's outputs per request."""
+        if not isinstance(index, slice):
+            return list.__getitem__(self, index)
+        if index.step not in (None, 1):
+            raise ValueError("BytesTensor slices rows with step 1 only")
+        rows = self.shape[0] if self.shape else 1
+        start, stop, _ = index.indices(rows)
+        stop = max(start, stop)
+        size = self.row_size
+        items = list.__getitem__(self, slice(start * size, stop * size))
+        return BytesTensor(items, (stop - start, *self.shape[1:]))
+
+    @staticmethod
+    def concat(parts: Sequence[BytesTensor]) -> BytesTensor:
+        """Join BYTES tensors along dimension 0 (their other dimensions must agree)."""
+        items: list[bytes] = []
+        rows = 0
+        for part in parts:
+            if tuple(part.shape[1:]) != tuple(parts[0].shape[1:]):
+                raise ValueError(
+                    f"BYTES tensors of shapes {list(parts[0].shape)} and {list(part.shape)} "
+                    "cannot be joined along dimension 0"
+                )
+            items.extend(part)
+            rows += part.shape[0] if part.shape else 1
+        return BytesTensor(items, (rows, *parts[0].shape[1:]))

@@ -14,6 +14,7 @@ import msgspec
 
 from torchrig.errors import RepositoryError
 from torchrig.repository.budget import parse_memory_budget
+from torchrig.repository.steps import STEP_KEYS, PostStep, PreStep, check_steps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,6 +23,7 @@ else:  # pragma: no cover - Python 3.10 only
 
 CONFIG_FILE = "config.toml"
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_STEP_PATH = re.compile(r"\$\.(?P<section>preprocess|postprocess)\[(?P<index>\d+)\]")
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -88,6 +90,10 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # a pipeline (Triton's ensemble): this model has no versions of its own, its steps run
     # the models they name (see torchrig.runtime.pipeline)
     pipeline: PipelineConfig | None = None
+    # built-in steps around the program (torchrig.repository.steps): BYTES inputs decoded
+    # into its tensors before it runs, its outputs turned into answers after, per batch
+    preprocess: list[PreStep] = []
+    postprocess: list[PostStep] = []
 
 
 def _check_pipeline(pipeline: PipelineConfig) -> list[str]:
@@ -140,6 +146,7 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
         problems.append('version_policy.versions must list versions when policy = "specific"')
     if config.pipeline is not None:
         problems.extend(_check_pipeline(config.pipeline))
+    problems.extend(check_steps(config.preprocess, config.postprocess))
     if problems:
         raise RepositoryError(f"{origin}: " + "; ".join(problems) + ".")
     return config
@@ -155,17 +162,33 @@ def parse_config(text: str, *, origin: str = CONFIG_FILE) -> ModelConfig:
         config = msgspec.convert(raw, type=ModelConfig)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        hint = ""
-        if message.startswith("Object contains unknown field"):
+        hint = _step_hint(raw, message)
+        if not hint and message.startswith("Object contains unknown field"):
             hint = (
                 " Known keys: batching.{max_batch_size, max_queue_delay_ms, "
                 "preferred_batch_sizes, max_queue_size}, device, dtype, channels_last, "
                 "instances, threads, warmup, cuda_graphs, compile, memory_budget, "
                 "version_policy.{policy, latest, versions}, pipeline.{outputs, step[].{model, "
-                "version, step, options, input_map, output_map}}."
+                "version, step, options, input_map, output_map}}, [[preprocess]], "
+                "[[postprocess]] (built-in steps)."
             )
         raise RepositoryError(f"{origin}: {message}.{hint}") from None
     return _check(config, origin)
+
+
+def _step_hint(raw: dict[str, Any], message: str) -> str:
+    """The keys of the built-in step a validation error points into, or ""."""
+    match = _STEP_PATH.search(message)
+    if match is None:
+        return ""
+    entries = raw.get(match["section"])
+    index = int(match["index"])
+    entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
+    kind = entry.get("step") if isinstance(entry, dict) else None
+    if kind in STEP_KEYS:
+        return f' Keys of a "{kind}" step: step, {STEP_KEYS[kind]}.'
+    kinds = "image, text" if match["section"] == "preprocess" else "softmax, top_k"
+    return f" Each [[{match['section']}]] entry needs step = one of {kinds}."
 
 
 def default_config() -> ModelConfig:

@@ -22,13 +22,17 @@ def describe_inputs(inputs: Mapping[str, Any]) -> str:
 
 def concat_rows(parts: list[Mapping[str, Any]], *, pin: bool = False) -> dict[str, Any]:
     """Concatenate tensors by name along the batch dimension into fresh tensors, in pinned
-    (page-locked) host memory when `pin`, ready for an asynchronous device copy."""
+    (page-locked) host memory when `pin`, ready for an asynchronous device copy. BYTES
+    tensors (the inputs of built-in steps) are joined as lists."""
     import torch
 
     joined: dict[str, Any] = {}
     for name in parts[0]:
         tensors = [part[name] for part in parts]
         first = tensors[0]
+        if getattr(first, "dtype", None) == "BYTES":  # a BytesTensor: built-in steps' input
+            joined[name] = type(first).concat(tensors)
+            continue
         rows = sum(int(tensor.shape[0]) for tensor in tensors)
         out = torch.empty((rows, *first.shape[1:]), dtype=first.dtype, pin_memory=pin)
         joined[name] = torch.cat(tensors, out=out)
