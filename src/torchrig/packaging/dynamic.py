@@ -8,7 +8,7 @@ requests of one shape together, and warms up the buckets `size_buckets` picks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torchrig.errors import PackError
@@ -128,3 +128,38 @@ def size_levels(dynamic: Sequence[DynamicDim]) -> list[dict[tuple[str, int], int
 def describe(declared: DynamicDim) -> str:
     """`MIN-MAX` (or `MIN-any`), as messages write a declared range."""
     return f"{declared.min}-{declared.max if declared.max is not None else 'any'}"
+
+
+def vary_dims(
+    run: Callable[[list[Any]], Any],
+    names: Sequence[str],
+    tensors: Sequence[Any],
+    dynamic: Sequence[DynamicDim],
+) -> list[set[int]]:
+    """The output dims that follow the declared input dims, found by running the model
+    once more with each declared dim one larger (one smaller at its max): for programs
+    without symbolic shapes (TorchScript). `run` returns the named outputs."""
+    import torch
+
+    before = [list(t.shape) for t in run(list(tensors)).tensors]
+    grown = []
+    for name, example in zip(names, tensors, strict=True):
+        tensor = example
+        for declared in dynamic:
+            if declared.input != name:
+                continue
+            size = tensor.shape[declared.dim]
+            new = size + 1 if declared.max is None or size < declared.max else size - 1
+            index = [slice(None)] * tensor.dim()
+            index[declared.dim] = slice(0, min(size, new))
+            pad = list(tensor.shape)
+            pad[declared.dim] = new
+            resized = torch.zeros(pad, dtype=tensor.dtype, device=tensor.device)
+            resized[tuple(index)] = tensor[tuple(index)]
+            tensor = resized
+        grown.append(tensor)
+    after = [list(t.shape) for t in run(grown).tensors]
+    return [
+        {i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b}
+        for x, y in zip(before, after, strict=True)
+    ]

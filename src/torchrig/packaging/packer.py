@@ -6,7 +6,7 @@ import re
 import shutil
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from torchrig import __version__
 from torchrig.envlock.model import EnvLock
 from torchrig.errors import PackError
 from torchrig.packaging.config_toml import write_config_if_absent
+from torchrig.packaging.dynamic import DynamicSpec, check_dynamic, vary_dims
 from torchrig.packaging.export import (
     TORCHSCRIPT_FILE,
     compile_aoti,
@@ -30,6 +31,7 @@ from torchrig.packaging.files import file_entry, next_version, publish, staging_
 from torchrig.packaging.golden import GOLDEN_FILE, make_golden, tolerance_for
 from torchrig.packaging.manifest import (
     PROGRAM_FORMATS,
+    DynamicDim,
     Format,
     GoldenSpec,
     Manifest,
@@ -72,6 +74,7 @@ class _Options:
     environment: EnvLock | None
     input_ranges: dict[str, tuple[int, int]] | None = None
     labels: dict[str, list[str]] | None = None
+    dynamic: list[DynamicDim] = field(default_factory=list)
 
 
 def _check_labels(labels: dict[str, list[str]] | None, outputs: list[str]) -> dict[str, list[str]]:
@@ -211,6 +214,12 @@ def _write_version(
                 a | b for a, b in zip(in_dims or batch_dims or [], batch_dims or [], strict=True)
             ]
             out_dims = [a | b for a, b in zip(out_dims or out_batch, out_batch, strict=True)]
+        if options.dynamic:
+            declared = [{d.dim for d in options.dynamic if d.input == n} for n in inputs.names]
+            in_dims = [a | b for a, b in zip(in_dims or declared, declared, strict=True)]
+            if fmt == "torchscript":  # no symbolic shapes: see which output dims follow
+                varied = vary_dims(run, inputs.names, inputs.tensors, options.dynamic)
+                out_dims = [a | b for a, b in zip(out_dims or varied, varied, strict=True)]
         environment = options.environment
         if environment is None:
             from torchrig.envlock import take_lock
@@ -226,6 +235,7 @@ def _write_version(
             batching=options.dynamic_batch,
             max_batch_size=options.max_batch_size if options.dynamic_batch else None,
             input_ranges=ranges,
+            dynamic_dims=options.dynamic,
             files=files,
             golden=golden_spec,
             environment=environment,
@@ -259,6 +269,7 @@ def pack(
     environment: EnvLock | None = None,
     input_ranges: dict[str, tuple[int, int]] | None = None,
     labels: dict[str, list[str]] | None = None,
+    dynamic_dims: DynamicSpec | None = None,
 ) -> PackedVersion:
     """Export `module` (in eval mode) and publish it as a new version of model `name`.
 
@@ -267,6 +278,10 @@ def pack(
     tolerances; `environment` reuses a lock taken earlier (default: `take_lock()`).
     `input_ranges` declares integer inputs' inclusive value ranges (embedding indices):
     the server refuses a request outside them before it reaches the model.
+    `dynamic_dims` makes dimensions past the batch variable, input -> {dim: (min, max)}
+    (max None: unbounded; (min, max) None: 1 and up), e.g. {"src": {1: (1, 512)}} for
+    sequences of 1 to 512: the signature shows -1 there and the server refuses sizes
+    outside the range; give examples of size 2 or more in those dimensions.
     """
     if format not in PROGRAM_FORMATS:
         raise PackError(
@@ -290,6 +305,9 @@ def pack(
         environment=environment,
         input_ranges=input_ranges,
         labels=labels,
+        dynamic=check_dynamic(
+            dynamic_dims, inputs.names, inputs.tensors, dynamic_batch=dynamic_batch
+        ),
     )
 
     def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:
@@ -301,6 +319,7 @@ def pack(
             inputs.names,
             dynamic_batch=dynamic_batch,
             max_batch_size=max_batch_size,
+            dynamic=options.dynamic,
         )
         in_dims, out_dims = symbolic_dims(exported)
         if format == "aoti":
@@ -366,6 +385,7 @@ def pack_torchscript(
     environment: EnvLock | None = None,
     input_ranges: dict[str, tuple[int, int]] | None = None,
     labels: dict[str, list[str]] | None = None,
+    dynamic_dims: DynamicSpec | None = None,
 ) -> PackedVersion:
     """Publish an existing TorchScript file as a version; pickles are refused unread."""
     source = Path(path)
@@ -391,6 +411,9 @@ def pack_torchscript(
         environment=environment,
         input_ranges=input_ranges,
         labels=labels,
+        dynamic=check_dynamic(
+            dynamic_dims, inputs.names, inputs.tensors, dynamic_batch=dynamic_batch
+        ),
     )
 
     def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:
