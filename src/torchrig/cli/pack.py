@@ -65,6 +65,40 @@ def parse_input_range(text: str) -> tuple[str, tuple[int, int]]:
     return match["name"], (low, high)
 
 
+DYNAMIC = re.compile(r"^(?P<name>[^:]+):(?P<dim>-?\d+)(?::(?P<bounds>.*))?$")
+DYNAMIC_BOUNDS = re.compile(r"^(?P<low>\d+)-(?P<high>\d+)?$")
+DYNAMIC_FORMAT = "NAME:DIM[:MIN-MAX], e.g. src:1:1-512 (MAX may be left out: src:1:1-)"
+
+
+def parse_dynamic(texts: tuple[str, ...]) -> dict[str, dict[int, tuple[int, int | None]]]:
+    """`--dynamic NAME:DIM[:MIN-MAX]` options -> {input: {dim: (min, max)}}; MIN-MAX
+    defaults to 1 and no upper bound. The packer checks them against the examples."""
+    declared: dict[str, dict[int, tuple[int, int | None]]] = {}
+    for text in texts:
+        match = DYNAMIC.match(text)
+        if match is None:
+            raise UsageError(f"--dynamic {text!r} must be {DYNAMIC_FORMAT}.")
+        bounds: tuple[int, int | None] = (1, None)
+        if match["bounds"] is not None:
+            found = DYNAMIC_BOUNDS.match(match["bounds"])
+            if found is None:
+                raise UsageError(
+                    f"--dynamic {text!r}: {match['bounds']!r} is not MIN-MAX; write two "
+                    f"whole numbers, MIN at least 1 ({DYNAMIC_FORMAT})."
+                )
+            low = int(found["low"])
+            high = int(found["high"]) if found["high"] else None
+            if low < 1 or (high is not None and low > high):
+                raise UsageError(f"--dynamic {text!r}: MIN must be at least 1 and not exceed MAX.")
+            bounds = (low, high)
+        dims = declared.setdefault(match["name"], {})
+        dim = int(match["dim"])
+        if dim in dims:
+            raise UsageError(f"--dynamic {text!r}: dim {dim} of {match['name']} is declared twice.")
+        dims[dim] = bounds
+    return declared
+
+
 def example_range(text: str) -> tuple[str, tuple[int, int]] | None:
     """The integer range an `--example` declares (None for floats or no range)."""
     from torchrig.dtypes import FLOAT_DATATYPES
@@ -136,6 +170,13 @@ def _call_factory(spec: str) -> tuple[Any, Any]:
     help=f"Valid values of an integer input, checked per request: {INPUT_RANGE_FORMAT} "
     "(an integer --example's LOW-HIGH declares it too).",
 )
+@click.option(
+    "--dynamic",
+    "dynamic",
+    multiple=True,
+    help=f"A variable dimension past the batch: {DYNAMIC_FORMAT}; the signature shows -1 "
+    "there and the server refuses sizes outside MIN-MAX. Repeatable.",
+)
 @click.option("--no-dynamic-batch", is_flag=True, help="Fixed shapes: dim 0 is not a batch.")
 @click.option("--max-batch-size", type=int, default=1024, show_default=True)
 @click.option("--golden-examples", type=int, default=3, show_default=True)
@@ -159,6 +200,7 @@ def pack(
     fmt: str,
     examples: tuple[str, ...],
     input_ranges: tuple[str, ...],
+    dynamic: tuple[str, ...],
     no_dynamic_batch: bool,
     max_batch_size: int,
     golden_examples: int,
@@ -192,6 +234,8 @@ def pack(
         "input_ranges": ranges or None,
         "labels": dict(read_labels(text) for text in label_files) or None,
     }
+    if dynamic:
+        common["dynamic_dims"] = parse_dynamic(dynamic)
     started = time.monotonic()
     if torchscript is not None:
         if given is None:
