@@ -415,5 +415,6 @@ class ModelRegistry:
             batching=manifest.batching,
             max_batch_size=batcher.max_batch_size,
             ranges=manifest.input_ranges,
+            dynamic=manifest.dynamic_dims,
         )
         return batcher.submit(inputs, rows=rows, timeout_s=timeout_s)

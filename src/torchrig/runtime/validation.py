@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torchrig.dtypes import v2_datatype
 from torchrig.errors import InvalidInput
-from torchrig.packaging.manifest import TensorSpec
+from torchrig.packaging.manifest import DynamicDim, TensorSpec
 
 
 def _shape(spec: TensorSpec) -> str:
@@ -22,9 +22,10 @@ def validate_inputs(
     batching: bool,
     max_batch_size: int,
     ranges: Mapping[str, list[int]] | None = None,
+    dynamic: Sequence[DynamicDim] = (),
 ) -> int:
-    """Check names, datatypes, shapes and declared integer ranges; return the request's
-    row count (1 unbatched).
+    """Check names, datatypes, shapes, the sizes of declared dynamic dimensions and
+    declared integer ranges; return the request's row count (1 unbatched).
 
     Every error names the input and what was expected. A declared range is checked here,
     per request, so that an out-of-range index never reaches the model (on a GPU it would
@@ -73,6 +74,8 @@ def validate_inputs(
                     f"model {model}: inputs disagree on the batch size ({rows} vs {shape[0]} "
                     f"for {spec.name})"
                 )
+    if dynamic:
+        check_dynamic_sizes(model, inputs, dynamic)
     if ranges:
         check_ranges(model, inputs, ranges)
     if not batching:
@@ -85,6 +88,28 @@ def validate_inputs(
             "split it or raise batching.max_batch_size in the model's config.toml"
         )
     return rows
+
+
+def check_dynamic_sizes(
+    model: str, inputs: Mapping[str, Any], dynamic: Sequence[DynamicDim]
+) -> None:
+    """Refuse a size outside a dynamic dimension's declared [min, max]: the program was
+    exported for that range only (its guard would fail inside a batch, for every request)."""
+    from torchrig.packaging.dynamic import describe
+
+    for declared in dynamic:
+        tensor = inputs.get(declared.input)
+        if tensor is None or tensor.dim() <= declared.dim:
+            continue
+        size = int(tensor.shape[declared.dim])
+        if size < declared.min or (declared.max is not None and size > declared.max):
+            raise InvalidInput(
+                f"model {model}: input {declared.input} has size {size} in dimension "
+                f"{declared.dim}, outside its declared range {describe(declared)}; send "
+                f"sizes from {declared.min}"
+                + (f" to {declared.max}" if declared.max is not None else " up")
+                + " there (the range was declared when the model was packed)"
+            )
 
 
 def check_ranges(model: str, inputs: Mapping[str, Any], ranges: Mapping[str, list[int]]) -> None:
