@@ -3,7 +3,10 @@
 Each request owns an asyncio future. Worker threads (one per model instance) take every
 request waiting (up to `max_batch_size` rows) as soon as they are free: a request that
 finds the model idle runs at once, and those that arrive while a batch runs form the next
-one. `max_queue_delay_ms` (0 by default) lets the first request of a batch wait up to that
+one. A batch holds requests of one shape only (their sizes past the batch dimension, which
+differ for a model with a dynamic sequence length): it takes the oldest request's shape,
+and requests of other shapes keep their place for the next batches, so none starves.
+`max_queue_delay_ms` (0 by default) lets the first request of a batch wait up to that
 long for company, an opt-in trade of latency for fuller batches. The inputs are
 concatenated once, the executor runs, the outputs are split back by rows and each future
 is resolved on its event loop. A full queue refuses at once (503 upstream); a request
@@ -70,6 +73,8 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     enqueued: float  # time.monotonic()
     deadline: float | None  # time.monotonic() or None
+    # the inputs' sizes past the batch dimension: only requests of one shape form a batch
+    shape_key: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 # a request and what it gets: its outputs, or the error of its batch
@@ -179,6 +184,7 @@ class Batcher:
             loop=loop,
             enqueued=now,
             deadline=None if timeout_s is None else now + timeout_s,
+            shape_key=_shape_key(inputs) if self.batching else (),
         )
         with self._cond:
             if self._stopping:
@@ -242,24 +248,41 @@ class Batcher:
             rows = 0
             first = self._queue[0].enqueued
             while True:
-                while self._queue and rows < self.max_batch_size:
-                    head = self._queue[0]
-                    if batch and rows + head.rows > self.max_batch_size:
-                        break
-                    self._queue.popleft()
-                    self._queued_rows -= head.rows
-                    if self._skip(head):
-                        continue
-                    batch.append(head)
-                    rows += head.rows
-                full = rows >= self.max_batch_size or (
-                    bool(self._queue) and rows + self._queue[0].rows > self.max_batch_size
-                )
+                rows, full = self._gather(batch, rows)
                 remaining = first + self.max_delay_s - time.monotonic()
                 if full or remaining <= 0 or self._stopping:
                     break
                 self._cond.wait(remaining)
             return batch
+
+    def _gather(self, batch: list[_Request], rows: int) -> tuple[int, bool]:
+        """Move queued requests of the batch's shape into it while they fit (lock held);
+        return its rows and whether it is full. The batch takes the shape of its first
+        request, the oldest waiting; requests of other shapes keep their place in the queue,
+        so each shape's oldest request leads a batch in turn and no shape starves."""
+        key = batch[0].shape_key if batch else None
+        others: list[_Request] = []  # other shapes, in arrival order
+        full = False
+        while self._queue:
+            head = self._queue.popleft()
+            if key is not None and head.shape_key != key:
+                others.append(head)
+                continue
+            if batch and rows + head.rows > self.max_batch_size:
+                others.append(head)
+                full = True
+                break
+            self._queued_rows -= head.rows
+            if self._skip(head):
+                continue
+            batch.append(head)
+            rows += head.rows
+            key = head.shape_key
+            if rows >= self.max_batch_size:
+                full = True
+                break
+        self._queue.extendleft(reversed(others))
+        return rows, full
 
     def _skip(self, request: _Request) -> bool:
         """Drop a request whose caller left or whose deadline passed (lock held)."""
@@ -460,6 +483,14 @@ class Batcher:
                 elapsed if not self._batch_time_s else (0.9 * self._batch_time_s + 0.1 * elapsed)
             )
         return elapsed
+
+
+def _shape_key(inputs: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Each input's sizes past the batch dimension, by name: requests with equal keys can
+    be concatenated along the batch (different sequence lengths cannot)."""
+    return tuple(
+        sorted((name, tuple(getattr(value, "shape", ())[1:])) for name, value in inputs.items())
+    )
 
 
 def _half_by_rows(batch: list[_Request]) -> int:
