@@ -27,6 +27,7 @@ from torchrig.runtime.batcher import Batcher, BatchObserver, DeviceFaultHandler
 from torchrig.runtime.executor import Executor, resolve_device
 from torchrig.runtime.faults import poisons_device
 from torchrig.runtime.memory import check_budget, host_bytes, measured_load
+from torchrig.runtime.steps import Steps, WithSteps, load_steps
 from torchrig.runtime.threads import in_own_thread
 
 log = logging.getLogger("torchrig.runtime.registry")
@@ -53,11 +54,18 @@ class ServedVersion:
     executor: Executor | None = None
     batcher: Batcher | None = None
     memory_bytes: int | None = None  # measured at load (see torchrig.runtime.memory)
+    steps: Steps | None = None  # the config's built-in steps, bound to the program
     local_dir: Path | None = None  # where its files were loaded from
 
     @property
     def fingerprint(self) -> Fingerprint:
         return fingerprint(self.manifest, self.config)
+
+    @property
+    def interface(self) -> Manifest | None:
+        """The signature clients see: with built-in steps, the BYTES inputs they take and
+        the outputs they give (`Steps.public`); otherwise the program's manifest."""
+        return self.steps.public if self.steps is not None else self.manifest
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ def _load_blocking(served: ServedVersion, version: VersionInfo, ctx: LoadContext
             how,
             executor.device,
         )
+        served.steps = load_steps(served.config, manifest, local, executor)
     except BaseException:
         executor.unload()
         raise
@@ -133,8 +142,9 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
     if ctx.observer is not None:
         observer = ctx.observer(version.model, str(version.version))
     manifest = version.manifest
+    engine = executor if served.steps is None else WithSteps(executor, served.steps)
     served.batcher = Batcher(
-        executor,
+        engine,
         served.config.batching,
         instances=served.config.instances,
         batching=manifest.batching if manifest is not None else True,
@@ -143,7 +153,7 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         pin_batches=executor.wants_pinned_batches,
         observer=observer,
         on_device_fault=ctx.on_device_fault,
-        probe=_probe(executor, manifest),
+        probe=_probe(engine, manifest),
     )
     served.state = "ready"
     for warning in served.warnings:
@@ -166,13 +176,14 @@ async def release_version(
     log.info("%s version %s unloaded", served.model, served.version)
 
 
-def _probe(executor: Executor, manifest: Manifest | None) -> dict[str, Any] | None:
-    """One known-good request for the batcher: the warm-up example (zeros), with integer
-    inputs moved into their declared ranges."""
+def _probe(executor: Executor | WithSteps, manifest: Manifest | None) -> dict[str, Any] | None:
+    """One known-good request for the batcher: the warm-up example (zeros; a generated
+    image or string for built-in steps), with integer inputs moved into their declared
+    ranges."""
     try:
         inputs = executor.example(1)
     except Exception:  # a version without a usable example: lone failures are 500s
-        log.debug("no probe example for %s", executor.manifest.name, exc_info=True)
+        log.debug("no probe example for %s", manifest.name if manifest else "?", exc_info=True)
         return None
     ranges = manifest.input_ranges if manifest is not None else {}
     for name, (low, high) in ranges.items():

@@ -362,7 +362,7 @@ class ModelRegistry:
 
     def metadata(self, name: str, version: int | str | None = None) -> ModelMetadata:
         served = self.resolve(name, version)
-        manifest = served.manifest
+        manifest = served.interface  # with built-in steps: their BYTES inputs and outputs
         if manifest is None:  # pragma: no cover - a ready version always has one
             raise ModelNotReady(f"model {name} has no manifest")
         versions = [
@@ -405,7 +405,7 @@ class ModelRegistry:
             raise DeviceUnhealthy(
                 f"this replica's device failed ({self.device_fault}); retry on another replica"
             )
-        manifest, batcher = served.manifest, served.batcher
+        manifest, batcher = served.interface, served.batcher
         if manifest is None or batcher is None:
             raise ModelNotReady(f"model {served.model} version {served.version} is not ready")
         rows = validate_inputs(

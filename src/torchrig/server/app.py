@@ -359,7 +359,7 @@ class V2App:
             shm_read, shm_write = access(state.shared_memory, partial(http_peer_uid, scope))
             served, request = await self._decode(model, version, headers, receive, shm_read)
             marks.append(time.time_ns())
-            manifest = served.manifest
+            manifest = served.interface  # with built-in steps: their outputs
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
                 timeout = min(max(request.timeout_s, 0.0), state.settings.max_request_timeout_s)
@@ -481,12 +481,13 @@ class V2App:
         shm_read: ShmReader | None = None,
     ) -> tuple[Any, Any]:
         """Read and decode a request for a ready model version: (served version, request)."""
-        from torchrig.protocol import BytesTensor, decode_infer_request
+        from torchrig.protocol import decode_infer_request
         from torchrig.runtime.validation import check_declared
 
         body = await self._read_body(headers, receive)
         served = self.state.registry.resolve(model, version)
-        if served.manifest is None:  # pragma: no cover - a ready version has its manifest
+        signature = served.interface  # with built-in steps: the BYTES inputs they take
+        if signature is None:  # pragma: no cover - a ready version has its manifest
             raise InvalidInput(f"model {model} has no signature")
         length = headers.get("inference-header-content-length")
         header_length = None
@@ -495,7 +496,7 @@ class V2App:
         declared = partial(
             check_declared,
             f"{model}/{served.version}",
-            served.manifest.inputs,
+            signature.inputs,
             max_batch_size=served.batcher.max_batch_size if served.batcher else None,
         )
         decode = partial(
@@ -504,7 +505,7 @@ class V2App:
             header_length=header_length,
             content_encoding=headers.get("content-encoding"),
             max_body_bytes=self.max_body,
-            specs=served.manifest.inputs,
+            specs=signature.inputs,
             accept=declared,
             shm_read=shm_read,
         )
@@ -516,11 +517,6 @@ class V2App:
         else:
             async with self._large_decodes():
                 request = await asyncio.to_thread(decode)
-        for name, value in request.inputs.items():
-            if isinstance(value, BytesTensor):
-                raise InvalidInput(
-                    f"model {model}: input {name} is BYTES; this model takes tensors only"
-                )
         return served, request
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> Buffer:

@@ -31,7 +31,7 @@ PLATFORMS = {"torch_export": "pytorch_export", "aoti": "pytorch_aoti", "torchscr
 
 def model_config(served: ServedVersion) -> dict[str, Any]:
     """Triton's model configuration (its JSON field names) of a loaded version."""
-    manifest, config = served.manifest, served.config
+    manifest, config = served.interface, served.config  # built-in steps: their signature
     batching = bool(manifest is not None and manifest.batching)
     max_batch = served.batcher.max_batch_size if served.batcher else config.batching.max_batch_size
     max_batch_size = max_batch if batching else 0

@@ -24,9 +24,8 @@ import msgspec
 from google.protobuf import json_format
 
 from torchrig import __version__
-from torchrig.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, TorchrigError
+from torchrig.errors import ModelNotFound, ModelNotReady, QueueFull, TorchrigError
 from torchrig.protocol.shared_memory import ShmReader, ShmWriter
-from torchrig.protocol.types import BytesTensor
 from torchrig.runtime.validation import check_declared
 from torchrig.server.app import EXTENSIONS, ServerState
 from torchrig.server.grpc.codec import decode_request, encode_response
@@ -223,7 +222,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     "the server is shutting down; retry on another replica", retry_after_s=1.0
                 )
             served = state.registry.resolve(model, version)
-            manifest = served.manifest
+            manifest = served.interface  # with built-in steps: their BYTES inputs, outputs
             if manifest is None:  # pragma: no cover - a ready version has its manifest
                 raise ModelNotReady(f"model {model} has no signature")
             accept = partial(
@@ -236,11 +235,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             decoded = decode_request(
                 request, accept=accept, max_body_bytes=self.max_body, shm_read=shm_read
             )
-            for name, value in decoded.inputs.items():
-                if isinstance(value, BytesTensor):
-                    raise InvalidInput(
-                        f"model {model}: input {name} is BYTES; this model takes tensors only"
-                    )
             timeout = state.settings.request_timeout_s
             if decoded.timeout_s is not None:
                 timeout = min(decoded.timeout_s, state.settings.max_request_timeout_s)
