@@ -134,7 +134,8 @@ class CudaLane:
         for layout in self.layouts:
             name = layout.spec.name
             given = inputs[name]
-            source = given if given.is_pinned() else given.pin_memory()
+            # built-in steps hand over tensors already on the device (decoded there)
+            source = given if given.is_cuda or given.is_pinned() else given.pin_memory()
             if captured is not None:
                 captured.inputs[name][:rows].copy_(source, non_blocking=True)
                 continue
