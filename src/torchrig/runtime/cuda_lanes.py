@@ -8,6 +8,11 @@ input buffers of the smallest captured batch size that holds it, and the graph f
 size is replayed; rows past the batch are padding whose outputs are dropped. Outputs
 come back into pinned host memory. Batches larger than every captured size, or a model
 whose capture failed, run eagerly on the lane's stream.
+
+A model with dynamic dimensions past the batch gets graphs per captured shape (the
+warm-up buckets of those dimensions): a batch uses a graph only when its shape past the
+batch equals a captured one exactly; any other shape runs eagerly, never in a graph
+captured for another shape.
 """
 
 from __future__ import annotations
@@ -21,16 +26,28 @@ from typing import Any
 import torch
 
 from torchrig.dtypes import torch_dtype
-from torchrig.packaging.manifest import TensorSpec
+from torchrig.packaging.manifest import DynamicDim, TensorSpec
 
 log = logging.getLogger(__name__)
 
 Forward = Callable[[Mapping[str, Any]], dict[str, Any]]
+# each input's sizes past the batch dimension, in the lane's input order
+InnerShape = tuple[tuple[int, ...], ...]
 
 
-def graphable(specs: Sequence[TensorSpec]) -> bool:
-    """True when every input is [batch, fixed dims...], so static buffers can hold it."""
-    return all(spec.shape and -1 not in spec.shape[1:] for spec in specs)
+def graphable(specs: Sequence[TensorSpec], dynamic: Sequence[DynamicDim] = ()) -> bool:
+    """True when every input is [batch, dims...] whose variable dims past the batch are
+    declared (so each captured bucket has a known shape for its static buffers)."""
+    declared = {(d.input, d.dim) for d in dynamic}
+    return all(
+        spec.shape
+        and all(
+            size != -1 or (spec.name, dim) in declared
+            for dim, size in enumerate(spec.shape)
+            if dim > 0
+        )
+        for spec in specs
+    )
 
 
 def bucket_for(rows: int, buckets: Sequence[int]) -> int | None:
@@ -48,8 +65,12 @@ class InputLayout:
     dtype: torch.dtype
     channels_last: bool
 
-    def empty(self, rows: int, device: torch.device) -> torch.Tensor:
-        dims = [rows, *self.spec.shape[1:]]
+    def empty(
+        self, rows: int, device: torch.device, inner: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Zeros of `rows` rows; `inner` gives the sizes past the batch (default: the
+        signature's, which then has no variable dimension there)."""
+        dims = [rows, *(self.spec.shape[1:] if inner is None else inner)]
         tensor = torch.zeros(dims, dtype=self.dtype, device=device)
         if self.channels_last:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
@@ -79,16 +100,43 @@ class CudaLane:
         self.device = device
         self.stream = torch.cuda.Stream(device)
         self.copy_stream = torch.cuda.Stream(device)
-        self.graphs: dict[int, _Captured] = {}
-        self.buckets: list[int] = []
+        # captured graphs by shape past the batch, then by batch size
+        self.shapes: dict[InnerShape, dict[int, _Captured]] = {}
+        self._pool: Any = None
 
-    def capture(self, buckets: Sequence[int]) -> None:
-        """Capture one graph per bucket, largest first, all in one private memory pool
-        (they never run at the same time). Raises what capture raised."""
-        pool = torch.cuda.graph_pool_handle()
+    @property
+    def graphs(self) -> dict[int, _Captured]:
+        """The graphs of the first captured shape by batch size (a model without dynamic
+        dimensions has that shape only)."""
+        return next(iter(self.shapes.values()), {})
+
+    def release(self) -> None:
+        """Drop every graph and static buffer (after a failed capture: run eagerly)."""
+        self.shapes.clear()
+        self._pool = None
+
+    def capture(
+        self, buckets: Sequence[int], inner: Mapping[str, Sequence[int]] | None = None
+    ) -> None:
+        """Capture one graph per bucket, largest first, for inputs whose sizes past the
+        batch are `inner` (by input name; default: the signature's fixed ones). All of a
+        lane's graphs share one private memory pool: they never run at the same time.
+        Raises what capture raised."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        pool = self._pool
+        sizes = {
+            lay.spec.name: list(inner[lay.spec.name] if inner else lay.spec.shape[1:])
+            for lay in self.layouts
+        }
+        key = tuple(tuple(sizes[lay.spec.name]) for lay in self.layouts)
+        captured = self.shapes.setdefault(key, {})
         with torch.cuda.device(self.device):
             for rows in sorted(set(buckets), reverse=True):
-                inputs = {lay.spec.name: lay.empty(rows, self.device) for lay in self.layouts}
+                inputs = {
+                    lay.spec.name: lay.empty(rows, self.device, sizes[lay.spec.name])
+                    for lay in self.layouts
+                }
                 self.stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(self.stream), torch.inference_mode():
                     for _ in range(2):  # lazy initialisation must happen outside capture
@@ -102,13 +150,15 @@ class CudaLane:
                     ),
                 ):
                     outputs = self.forward(inputs)
-                self.graphs[rows] = _Captured(graph, inputs, outputs)
-        self.buckets = sorted(self.graphs)
+                captured[rows] = _Captured(graph, inputs, outputs)
 
     def run(self, inputs: Mapping[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
-        """Run one batch of `rows` rows; returns outputs in pinned host memory."""
-        bucket = bucket_for(rows, self.buckets)
-        captured = self.graphs[bucket] if bucket is not None else None
+        """Run one batch of `rows` rows; returns outputs in pinned host memory. A graph
+        serves it only if one was captured for exactly its shape past the batch."""
+        key = tuple(tuple(inputs[lay.spec.name].shape[1:]) for lay in self.layouts)
+        graphs = self.shapes.get(key, {})
+        bucket = bucket_for(rows, sorted(graphs))
+        captured = graphs[bucket] if bucket is not None else None
         with torch.cuda.device(self.device):
             with torch.cuda.stream(self.copy_stream):
                 staged = self._stage(inputs, rows, captured)

@@ -6,13 +6,16 @@ device with the configured dtype and memory format, and warms it up over the bat
 it will see. `infer()` runs under `torch.inference_mode()` and returns CPU tensors.
 
 On CUDA each instance gets a lane (`cuda_lanes`): its own streams, static buffers and a
-CUDA graph per warm-up batch size. `compile` in the model's config runs the program
-through `torch.compile` first. Either falling over costs a warning, never the load.
+CUDA graph per warm-up batch size. A model with dynamic dimensions past the batch warms
+up (and captures graphs for) each bucket of them too: min, max and a few sizes between.
+`compile` in the model's config runs the program through `torch.compile` first. Either
+falling over costs a warning, never the load.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +30,7 @@ from torchrig.repository.config import ModelConfig
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16"}
+DimSizes = dict[tuple[str, int], int]  # (input, dim) -> size of a dynamic dimension
 
 
 def resolve_device(requested: str) -> str:
@@ -194,22 +198,23 @@ class Executor:
 
         if not (self.config.cuda_graphs and self.manifest.batching):
             return
-        if not graphable(self.manifest.inputs):
+        if not graphable(self.manifest.inputs, self.manifest.dynamic_dims):
             self.warnings.append(
-                "cuda_graphs: skipped, an input has a variable dimension past the batch one"
+                "cuda_graphs: skipped, an input has an undeclared variable dimension past "
+                "the batch one"
             )
             return
-        sizes = self.warmup_sizes()
+        shapes = self.warmup_shapes()
         try:
             for lane in lanes:
-                lane.capture(sizes)
+                for sizes, batch_sizes in shapes:
+                    lane.capture(batch_sizes, self._inner(sizes))
         except Exception as exc:  # any capture failure: every lane runs eagerly
             for lane in lanes:
-                lane.graphs.clear()
-                lane.buckets = []
+                lane.release()
             self._fall_back("CUDA graph capture", exc)
             return
-        self.graph_sizes = sorted(sizes)
+        self.graph_sizes = sorted(shapes[0][1])
 
     def unload(self) -> None:
         self._program = None
@@ -262,35 +267,77 @@ class Executor:
             size *= 2
         return [*sizes, batching.max_batch_size]
 
-    def warm_up(self) -> None:
-        """Run every batch size once so the first real requests do not pay for it."""
-        for rows in self.warmup_sizes():
-            try:
-                self._warm(rows)
-            except Exception as exc:
-                raise ArtifactError(
-                    f"{self.manifest.name} version {self.manifest.version} failed its warm-up "
-                    f"at batch size {rows}: {type(exc).__name__}: {exc}"
-                ) from None
+    def warmup_shapes(self) -> list[tuple[DimSizes, list[int]]]:
+        """(sizes of the dynamic dims past the batch, batch sizes) to warm up and capture.
+        Without dynamic dims: the warm-up batch sizes. With them: every batch size at
+        their minimum, then each further bucket (`size_levels`) at the batch sizes whose
+        elements stay within what the largest batch at the minimum holds (always 1): a
+        long sequence in a large batch is compute-bound, where a graph gains nothing."""
+        from torchrig.packaging.dynamic import size_levels
 
-    def _warm(self, rows: int) -> None:
+        sizes = self.warmup_sizes()
+        if not self.manifest.dynamic_dims:
+            return [({}, sizes)]
+        levels = size_levels(self.manifest.dynamic_dims)
+        budget = max(sizes) * math.prod(levels[0].values())
+        shapes = [(levels[0], sizes)]
+        for level in levels[1:]:
+            volume = math.prod(level.values())
+            shapes.append((level, [r for r in sizes if r == 1 or r * volume <= budget]))
+        return shapes
+
+    def warm_up(self) -> None:
+        """Run every warm-up shape once so the first real requests do not pay for it."""
+        for sizes, batch_sizes in self.warmup_shapes():
+            for rows in batch_sizes:
+                try:
+                    self._warm(rows, sizes)
+                except Exception as exc:
+                    at = "".join(f", {name} dim {dim} = {n}" for (name, dim), n in sizes.items())
+                    raise ArtifactError(
+                        f"{self.manifest.name} version {self.manifest.version} failed its "
+                        f"warm-up at batch size {rows}{at}: {type(exc).__name__}: {exc}"
+                    ) from None
+
+    def _warm(self, rows: int, sizes: DimSizes) -> None:
         """One warm-up call; a compile failure (which surfaces here) falls back to eager."""
         try:
-            self.infer(self.example(rows))
+            self.infer(self.example(rows, sizes))
         except Exception as exc:
             if not self._compiled:
                 raise
             self._fall_back("torch.compile", exc)
             self._program.module = self._eager_module
-            self.infer(self.example(rows))
+            self.infer(self.example(rows, sizes))
 
-    def example(self, rows: int) -> dict[str, Any]:
-        """Zero-filled inputs of `rows` rows (zeros are valid embedding indices too)."""
+    def _inner(self, sizes: DimSizes) -> dict[str, list[int]]:
+        """Each input's sizes past the batch: `sizes` for dynamic dims (their minimum when
+        not given), 1 for any other variable one."""
+        minimum = {(d.input, d.dim): d.min for d in self.manifest.dynamic_dims}
+        return {
+            spec.name: [
+                size
+                if size != -1
+                else sizes.get((spec.name, dim), minimum.get((spec.name, dim), 1))
+                for dim, size in enumerate(spec.shape)
+                if dim > 0
+            ]
+            for spec in self.manifest.inputs
+        }
+
+    def example(self, rows: int, sizes: DimSizes | None = None) -> dict[str, Any]:
+        """Zero-filled inputs of `rows` rows (zeros are valid embedding indices too), with
+        dynamic dims at `sizes` (default: their minimum)."""
         import torch
 
+        inner = self._inner(sizes or {})
+
         def shape(spec: TensorSpec) -> list[int]:
-            dims = [1 if d == -1 else d for d in spec.shape]
-            if self.manifest.batching and dims:
+            if not spec.shape:
+                return []
+            first = spec.shape[0]
+            dims = [1 if first == -1 else first, *inner[spec.name]]
+            if self.manifest.batching:
                 dims[0] = rows
             return dims
 
