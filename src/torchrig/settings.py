@@ -173,6 +173,14 @@ class ServeSettings:
         default=False,
         metadata=_option("The startup doctor fails (server never ready) without a usable GPU."),
     )
+    allow_python_handlers: bool = dataclasses.field(
+        default=False,
+        metadata=_option(
+            "Run model versions that are Python handlers (`pack --handler`). Loading such a "
+            "version executes its code (only the bytes its manifest's sha256 names); without "
+            "this flag they are refused and not ready."
+        ),
+    )
     control_mode: str = dataclasses.field(
         default="none",
         metadata=_option(

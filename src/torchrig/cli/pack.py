@@ -151,6 +151,12 @@ def _call_factory(spec: str) -> tuple[Any, Any]:
 @click.command("pack")
 @click.argument("factory", required=False, metavar="MODULE:FACTORY")
 @click.option("--torchscript", type=click.Path(path_type=Path), help="Pack this TorchScript file.")
+@click.option(
+    "--handler",
+    metavar="FILE[:CLASS]",
+    help="Pack this Python handler file (class Handler unless named); its signature comes "
+    "from --example. A server runs it only with --allow-python-handlers.",
+)
 @click.option("--name", required=True, help="Model name (the directory under the repository).")
 @click.option("--repository", required=True, type=click.Path(path_type=Path), help="Repo root.")
 @click.option("--version", "version", type=int, help="Version number (default: next free).")
@@ -194,6 +200,7 @@ def pack(
     *,
     factory: str | None,
     torchscript: Path | None,
+    handler: str | None,
     name: str,
     repository: Path,
     version: int | None,
@@ -216,8 +223,8 @@ def pack(
     from torchrig.packaging import pack as pack_module
     from torchrig.packaging import pack_torchscript
 
-    if (factory is None) == (torchscript is None):
-        raise UsageError("give either MODULE:FACTORY or --torchscript FILE (exactly one).")
+    if [factory, torchscript, handler].count(None) != 2:
+        raise UsageError("give MODULE:FACTORY, --torchscript FILE or --handler FILE (exactly one).")
     generator = torch.Generator().manual_seed(0)
     given = dict(parse_example(text, generator) for text in examples) if examples else None
     ranges = dict(r for r in (example_range(text) for text in examples) if r is not None)
@@ -237,7 +244,9 @@ def pack(
     if dynamic:
         common["dynamic_dims"] = parse_dynamic(dynamic)
     started = time.monotonic()
-    if torchscript is not None:
+    if handler is not None:
+        packed = _pack_handler(handler, given, common)
+    elif torchscript is not None:
         if given is None:
             raise UsageError("--torchscript needs --example for every input (in order).")
         packed = pack_torchscript(torchscript, tuple(given.values()), **common)
@@ -274,6 +283,19 @@ def pack(
     for role, tensor_specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for spec in tensor_specs:
             out.print(f"  {role:6} {spec.name}: {spec.datatype} {spec.shape}")
+
+
+def _pack_handler(spec: str, given: dict[str, Any] | None, common: dict[str, Any]) -> Any:
+    """`--handler FILE[:CLASS]`: the handler's signature comes from --example."""
+    from torchrig.packaging.handler import DEFAULT_CLASS, pack_handler
+
+    path, _, class_name = spec.partition(":")
+    if given is None:
+        raise UsageError(
+            f"--handler needs --example for every input ({EXAMPLE_FORMAT}); they declare its "
+            "signature."
+        )
+    return pack_handler(path, given, class_name=class_name or DEFAULT_CLASS, **common)
 
 
 def read_labels(text: str) -> tuple[str, list[str]]:

@@ -34,6 +34,7 @@ from torchrig.packaging.manifest import (
     DynamicDim,
     Format,
     GoldenSpec,
+    HandlerSpec,
     Manifest,
     Tolerance,
 )
@@ -165,7 +166,13 @@ def _checked_ranges(
 
 
 def _write_version(
-    options: _Options, fmt: Format, inputs: NamedTensors, module: Any, writer: Writer
+    options: _Options,
+    fmt: Format,
+    inputs: NamedTensors,
+    module: Any,
+    writer: Writer,
+    *,
+    handler: HandlerSpec | None = None,
 ) -> PackedVersion:
     _check_options(options)
     ranges = _checked_ranges(options.input_ranges, inputs)
@@ -243,6 +250,7 @@ def _write_version(
             torchrig_version=__version__,
             description=options.description,
             labels=_check_labels(options.labels, list(outputs.names)),
+            handler=handler,
         )
         if options.config is not None:
             write_config_if_absent(model_dir, options.config)

@@ -147,6 +147,12 @@ def _check_version(
                 f"{item.path} does not match its checksum in manifest.json (corrupted or still "
                 "being copied); copy the version again"
             )
+            if manifest.handler is not None and item.path == manifest.handler.file:
+                problem = (
+                    f"{item.path} does not match its sha256 in manifest.json: the handler's "
+                    "code changed since it was packed, so it is not run; re-pack the handler "
+                    "you trust with `torchrig pack --handler FILE`"
+                )
             if key is not None and verified is not None:
                 verified.record(key, problem)
             return incomplete(problem, manifest)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -29,6 +29,9 @@ from torchrig.runtime.faults import poisons_device
 from torchrig.runtime.memory import check_budget, host_bytes, measured_load
 from torchrig.runtime.steps import Steps, WithSteps, load_steps
 from torchrig.runtime.threads import in_own_thread
+
+if TYPE_CHECKING:
+    from torchrig.runtime.pipeline import Pipeline
 
 log = logging.getLogger("torchrig.runtime.registry")
 
@@ -56,6 +59,7 @@ class ServedVersion:
     memory_bytes: int | None = None  # measured at load (see torchrig.runtime.memory)
     steps: Steps | None = None  # the config's built-in steps, bound to the program
     local_dir: Path | None = None  # where its files were loaded from
+    pipeline: Pipeline | None = None  # a pipeline model (its steps run other models)
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -77,6 +81,23 @@ class LoadContext:
     environment: EnvLock | None
     observer: Callable[[str, str], BatchObserver] | None
     on_device_fault: DeviceFaultHandler
+    allow_python_handlers: bool = False  # `serve --allow-python-handlers`
+
+
+def _executor(local: Path, manifest: Manifest, config: ModelConfig, ctx: LoadContext) -> Executor:
+    """A program's executor, or a Python handler's (which refuses to load unless allowed)."""
+    if manifest.format == "handler":
+        from torchrig.runtime.handlers import HandlerExecutor
+
+        return HandlerExecutor(
+            local,
+            manifest,
+            config,
+            allowed=ctx.allow_python_handlers,
+            device=ctx.device,
+            environment=ctx.environment,
+        )
+    return Executor(local, manifest, config, device=ctx.device, environment=ctx.environment)
 
 
 def _load_blocking(served: ServedVersion, version: VersionInfo, ctx: LoadContext) -> None:
@@ -86,9 +107,7 @@ def _load_blocking(served: ServedVersion, version: VersionInfo, ctx: LoadContext
         raise TorchrigError(f"{version.model} version {version.version} has no manifest")
     local = Path(ctx.repository.local_version_dir(version))
     served.local_dir = local
-    executor = Executor(
-        local, manifest, served.config, device=ctx.device, environment=ctx.environment
-    )
+    executor = _executor(local, manifest, served.config, ctx)
     try:
         target = resolve_device(executor.requested_device)
     except TorchrigError:

@@ -27,6 +27,7 @@ from torchrig.envlock.model import EnvLock
 from torchrig.errors import DeviceUnhealthy, ModelNotFound, ModelNotReady, RepositoryError
 from torchrig.packaging.manifest import TensorSpec
 from torchrig.repository import ModelConfig, Repository, VersionInfo, selected_versions
+from torchrig.repository.config import PipelineConfig
 from torchrig.runtime.batcher import BatchRecord
 from torchrig.runtime.loader import (
     Fingerprint,
@@ -36,6 +37,13 @@ from torchrig.runtime.loader import (
     fingerprint,
     load_version,
     release_version,
+)
+from torchrig.runtime.pipeline import (
+    PIPELINE_VERSION,
+    Pipeline,
+    StepFactory,
+    pipeline_version,
+    refresh_states,
 )
 from torchrig.runtime.validation import validate_inputs
 
@@ -48,6 +56,8 @@ PLATFORM = {
     "torch.export": "pytorch_torchexport",
     "torchscript": "pytorch_libtorch",
     "aoti": "pytorch_aoti",
+    "handler": "python",
+    "pipeline": "ensemble",
 }
 
 
@@ -69,8 +79,12 @@ class ModelRegistry:
         device: str | None = None,
         environment: EnvLock | None = None,
         drain_timeout_s: float = 30.0,
+        allow_python_handlers: bool = False,
+        steps: StepFactory | None = None,
     ) -> None:
         self.repository = repository
+        self.allow_python_handlers = allow_python_handlers  # run handler versions' code
+        self.steps = steps  # pipelines' built-in steps (`step = "KIND"`)
         self.device = device
         self.environment = environment
         self.drain_timeout_s = drain_timeout_s
@@ -138,6 +152,11 @@ class ModelRegistry:
             if info.config is None:
                 self._set_error(name, info.config_error or "invalid config.toml")
                 return
+            if info.config.pipeline is not None:
+                self._model_errors.pop(name, None)
+                self._follow_pipeline(name, info.config)
+                refresh_states(self.versions())
+                return
             desired = selected_versions(info)
             if not desired:
                 problems = "; ".join(
@@ -151,6 +170,34 @@ class ModelRegistry:
             for version in desired:
                 await self._follow(version, info.config, force=force)
             self._retire(name, {v.version for v in desired})
+            refresh_states(self.versions())  # pipelines follow their members
+
+    def _follow_pipeline(self, name: str, config: ModelConfig) -> None:
+        """Serve model `name` as the pipeline its config declares (see runtime.pipeline)."""
+        key = (name, PIPELINE_VERSION)
+        current = self._versions.get(key)
+        if current is not None and current.pipeline is not None and current.config == config:
+            return
+        for served in [v for (m, _), v in list(self._versions.items()) if m == name]:
+            if served.state in ("ready", "loading"):
+                self._release_later(served, forget=True)  # it was a model, or another pipeline
+            else:
+                self._drop(served)
+        observer = self.batch_observer(name, str(PIPELINE_VERSION)) if self.batch_observer else None
+        pipeline = Pipeline(
+            name,
+            config.pipeline or PipelineConfig(),
+            resolve=self.resolve,
+            submit=lambda served, inputs, timeout_s: self.submit(
+                served, inputs, timeout_s=timeout_s
+            ),
+            steps=self.steps,
+            observer=observer,
+        )
+        self._versions[key] = pipeline_version(name, config, pipeline)
+        log.info(
+            "%s: pipeline of %s", name, ", ".join(s.model or s.step for s in pipeline.config.step)
+        )
 
     async def _follow(self, version: VersionInfo, config: ModelConfig, *, force: bool) -> None:
         """Load `version` unless it serves (or failed) with these very files and config."""
@@ -236,6 +283,7 @@ class ModelRegistry:
         """The model left the repository: release every version of it."""
         async with self._lock(name):
             await self._forget(name)
+        refresh_states(self.versions())
 
     async def _forget(self, name: str) -> None:
         self._model_errors.pop(name, None)
@@ -264,6 +312,7 @@ class ModelRegistry:
                 await release_version(served, self.repository, drain_timeout_s=self.drain_timeout_s)
             else:
                 served.state = "unloaded"
+        refresh_states(self.versions())
 
     async def wait_released(self) -> None:
         """Wait for the versions being drained in the background."""
@@ -295,6 +344,7 @@ class ModelRegistry:
             environment=self.environment,
             observer=self.batch_observer,
             on_device_fault=self._device_failed,
+            allow_python_handlers=self.allow_python_handlers,
         )
 
     def _device_failed(self, exc: BaseException) -> None:
@@ -406,6 +456,8 @@ class ModelRegistry:
                 f"this replica's device failed ({self.device_fault}); retry on another replica"
             )
         manifest, batcher = served.interface, served.batcher
+        if served.pipeline is not None and manifest is not None:
+            return served.pipeline.submit(manifest, inputs, timeout_s=timeout_s)
         if manifest is None or batcher is None:
             raise ModelNotReady(f"model {served.model} version {served.version} is not ready")
         rows = validate_inputs(

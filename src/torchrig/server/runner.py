@@ -66,7 +66,10 @@ def build_state(
     check_control(settings)
     repo = Repository(repository, cache_dir=cache_dir)
     registry = ModelRegistry(
-        repo, device=settings.device or None, drain_timeout_s=settings.drain_timeout_s
+        repo,
+        device=settings.device or None,
+        drain_timeout_s=settings.drain_timeout_s,
+        allow_python_handlers=settings.allow_python_handlers,
     )
     metrics = ServerMetrics(
         metrics_registry or CollectorRegistry(),

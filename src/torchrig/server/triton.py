@@ -26,7 +26,13 @@ from torchrig.runtime import ModelRegistry
 from torchrig.runtime.batcher import BatchObserver, BatchRecord
 from torchrig.runtime.loader import ServedVersion
 
-PLATFORMS = {"torch_export": "pytorch_export", "aoti": "pytorch_aoti", "torchscript": "pytorch"}
+PLATFORMS = {
+    "torch_export": "pytorch_export",
+    "aoti": "pytorch_aoti",
+    "torchscript": "pytorch",
+    "handler": "python",
+    "pipeline": "ensemble",
+}
 
 
 def model_config(served: ServedVersion) -> dict[str, Any]:
@@ -34,6 +40,8 @@ def model_config(served: ServedVersion) -> dict[str, Any]:
     manifest, config = served.interface, served.config  # built-in steps: their signature
     batching = bool(manifest is not None and manifest.batching)
     max_batch = served.batcher.max_batch_size if served.batcher else config.batching.max_batch_size
+    if served.pipeline is not None and manifest is not None:  # the smallest member's
+        max_batch = manifest.max_batch_size or max_batch
     max_batch_size = max_batch if batching else 0
 
     def tensors(specs: list[Any]) -> list[dict[str, Any]]:
@@ -73,7 +81,10 @@ def model_config(served: ServedVersion) -> dict[str, Any]:
         "output": tensors(manifest.outputs if manifest else []),
         "instance_group": [group],
     }
-    if batching:
+    if served.pipeline is not None:  # Triton's ensemble: its steps, no instances of its own
+        del result["instance_group"]
+        result["ensemble_scheduling"] = {"step": served.pipeline.triton_steps()}
+    elif batching:
         result["dynamic_batching"] = {
             "preferred_batch_size": list(config.batching.preferred_batch_sizes),
             "max_queue_delay_microseconds": int(config.batching.max_queue_delay_ms * 1000),
