@@ -12,71 +12,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 from tritonclient import grpc as tgrpc
 from tritonclient import http as thttp
 
 from doubles import until
+from pipeline_models import PIPELINE_TOML, build_repo, in_sequence
 from serving import running
-from torchrig.packaging import load_program, pack, read_manifest
-from torchrig.repository import BatchingConfig, ModelConfig
 from torchrig.settings import ServeSettings
-
-PIPELINE_TOML = """\
-[pipeline]
-outputs = ["scores"]
-
-[[pipeline.step]]
-model = "encoder"
-input_map = { x = "features" }
-output_map = { hidden = "embedding" }
-
-[[pipeline.step]]
-model = "head"
-input_map = { h = "embedding" }
-output_map = { logits = "scores" }
-"""
-
-
-class Encoder(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(6, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.linear(x))
-
-
-class Head(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(8, 3)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(h)
-
-
-def build_repo(root: Path) -> Path:
-    torch.manual_seed(0)
-    config = ModelConfig(batching=BatchingConfig(max_batch_size=16), warmup=False)
-    pack(Encoder(), (torch.randn(2, 6),), name="encoder", repository=root, version=1,
-         output_names=["hidden"], config=config)  # fmt: skip
-    pack(Head(), (torch.randn(2, 8),), name="head", repository=root, version=1,
-         output_names=["logits"], config=config)  # fmt: skip
-    (root / "chain").mkdir()
-    (root / "chain" / "config.toml").write_text(PIPELINE_TOML)
-    return root
-
-
-def in_sequence(root: Path, x: np.ndarray) -> np.ndarray:
-    """The two programs loaded in this process and run one after the other."""
-    encoder = load_program(root / "encoder" / "1", read_manifest(root / "encoder" / "1"))
-    head = load_program(root / "head" / "1", read_manifest(root / "head" / "1"))
-    with torch.inference_mode():
-        hidden = encoder({"x": torch.from_numpy(x)})["hidden"]
-        logits = head({"h": hidden})["logits"]
-    result: np.ndarray = logits.numpy()
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -91,15 +91,17 @@ class _MemberStage:
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return self.served.manifest.inputs if self.served.manifest else []
+        interface = self.served.interface  # with built-in steps: their inputs (BYTES)
+        return interface.inputs if interface is not None else []
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        return self.served.manifest.outputs if self.served.manifest else []
+        interface = self.served.interface
+        return interface.outputs if interface is not None else []
 
     @property
     def batching(self) -> bool:
-        return bool(self.served.manifest and self.served.manifest.batching)
+        return bool(self.served.interface and self.served.interface.batching)
 
     @property
     def max_batch_size(self) -> int | None:
@@ -341,7 +343,7 @@ def _names(specs: list[TensorSpec]) -> str:
 
 def _ranges(stage: Stage) -> dict[str, list[int]]:
     served = getattr(stage, "served", None)
-    manifest = getattr(served, "manifest", None)
+    manifest = getattr(served, "interface", None)
     return dict(manifest.input_ranges) if manifest is not None else {}
 
 

@@ -1,0 +1,128 @@
+"""A pipeline in the registry's lifecycle: it follows its members' hot reloads and its own
+config, turns not ready (naming the member) when a member leaves, and its config errors
+name the step and the fix."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_models import PIPELINE_TOML, build_repo, in_sequence, pack_head
+from torchrig.errors import InvalidInput, ModelNotReady, RepositoryError
+from torchrig.repository import Repository, parse_config
+from torchrig.runtime import ModelRegistry
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def infer(registry: ModelRegistry, x: np.ndarray) -> np.ndarray:
+    _, outputs = await registry.infer("chain", {"features": torch.from_numpy(x)})
+    result: np.ndarray = outputs["scores"].numpy()
+    return result
+
+
+def test_the_pipeline_follows_a_member_reload_and_a_member_leaving(tmp_path: Path) -> None:
+    root = build_repo(tmp_path / "models")
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+
+    async def main() -> None:
+        registry = ModelRegistry(Repository(root))
+        await registry.load_all()
+        assert registry.ready()
+        np.testing.assert_allclose(await infer(registry, x), in_sequence(root, x), rtol=1e-5)
+
+        pack_head(root, 2)  # a new version of a member: the next request runs it
+        await registry.refresh()
+        await registry.wait_released()
+        assert [v.version for v in registry.versions() if v.model == "head"] == [2]
+        got = await infer(registry, x)
+        np.testing.assert_allclose(got, in_sequence(root, x, head_version=2), rtol=1e-5)
+
+        shutil.rmtree(root / "head")  # the member leaves: the pipeline is not ready, named
+        await registry.refresh()
+        assert not registry.ready()
+        with pytest.raises(ModelNotReady, match="member head is not ready"):
+            registry.resolve("chain")
+        await registry.close()
+
+    run(main())
+
+
+def test_the_pipeline_follows_its_own_config(tmp_path: Path) -> None:
+    root = build_repo(tmp_path / "models")
+    x = np.ones((2, 6), dtype=np.float32)
+
+    async def main() -> None:
+        registry = ModelRegistry(Repository(root))
+        await registry.load_all()
+        first = registry.resolve("chain")
+        # only the encoder now: the pipeline's outputs become the embedding
+        one_step = PIPELINE_TOML.split("[[pipeline.step]]")[:2]
+        text = "[[pipeline.step]]".join(one_step).replace('outputs = ["scores"]', "")
+        (root / "chain" / "config.toml").write_text(text)
+        await registry.refresh()
+        second = registry.resolve("chain")
+        assert second is not first
+        assert second.manifest is not None
+        assert [s.name for s in second.manifest.outputs] == ["embedding"]
+        _, outputs = await registry.infer("chain", {"features": torch.from_numpy(x)})
+        assert outputs["embedding"].shape == (2, 8)
+        with pytest.raises(InvalidInput, match="missing input"):
+            await registry.infer("chain", {"x": torch.from_numpy(x)})
+        await registry.close()
+
+    run(main())
+
+
+def test_tensors_that_do_not_fit_between_steps_are_named(tmp_path: Path) -> None:
+    root = build_repo(tmp_path / "models")
+    # head takes 8 features; give it the pipeline's 6-wide input instead
+    wrong = PIPELINE_TOML.replace(
+        'input_map = { h = "embedding" }', 'input_map = { h = "features" }'
+    )
+    (root / "chain" / "config.toml").write_text(wrong)
+
+    async def main() -> None:
+        registry = ModelRegistry(Repository(root))
+        await registry.load_all()
+        with pytest.raises(ModelNotReady) as caught:
+            registry.resolve("chain")
+        assert "input h takes FP32[-1, 8]" in caught.value.message
+        assert "features" in caught.value.message
+        await registry.close()
+
+    run(main())
+
+
+def test_config_errors_name_the_step_and_the_fix() -> None:
+    with pytest.raises(RepositoryError, match="step 1 must name either model"):
+        parse_config('[[pipeline.step]]\nmodel = "a"\nstep = "softmax"\n')
+    with pytest.raises(RepositoryError, match="at least one"):
+        parse_config("[pipeline]\n")
+    with pytest.raises(RepositoryError, match=re.escape("pipeline.{outputs, step")):
+        parse_config('[[pipeline.step]]\nmodels = "a"\n')
+
+
+def test_a_builtin_step_without_a_factory_is_named(tmp_path: Path) -> None:
+    root = build_repo(tmp_path / "models")
+    (root / "chain" / "config.toml").write_text(
+        PIPELINE_TOML + '\n[[pipeline.step]]\nstep = "softmax"\n'
+    )
+
+    async def main() -> None:
+        registry = ModelRegistry(Repository(root))
+        await registry.load_all()
+        with pytest.raises(ModelNotReady, match="built-in step 'softmax' is not available"):
+            registry.resolve("chain")
+        await registry.close()
+
+    run(main())
