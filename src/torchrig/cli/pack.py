@@ -195,6 +195,14 @@ def _call_factory(spec: str) -> tuple[Any, Any]:
     help="Class labels for the classification extension: [OUTPUT=]FILE, one label per line "
     "in class-index order (OUTPUT may be left out when the model has one output).",
 )
+@click.option(
+    "--file",
+    "extra_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A file packed beside the program under its own name, checksummed (e.g. the "
+    "tokenizer.json a text step of config.toml reads); repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def pack(
     *,
@@ -214,6 +222,7 @@ def pack(
     output_names: tuple[str, ...],
     description: str,
     label_files: tuple[str, ...],
+    extra_files: tuple[Path, ...],
     as_json: bool,
 ) -> None:
     """Export a module (MODULE:FACTORY returns a module or (module, example_inputs)) or a
@@ -243,6 +252,8 @@ def pack(
     }
     if dynamic:
         common["dynamic_dims"] = parse_dynamic(dynamic)
+    if extra_files:
+        common["files"] = list(extra_files)
     started = time.monotonic()
     if handler is not None:
         packed = _pack_handler(handler, given, common)

@@ -134,3 +134,21 @@ def publish(staging: Path, manifest: Manifest, final: Path) -> None:
             f"cannot publish {final}: {exc.strerror} (another pack may have created it "
             "meanwhile); pack again with another version."
         ) from None
+
+
+def copy_files(staging: Path, sources: list[Path], *, taken: set[str]) -> list[FileEntry]:
+    """Copy files packed beside the program (a tokenizer, a vocabulary) into the version,
+    each under its own name, and return their checksummed entries for the manifest."""
+    entries: list[FileEntry] = []
+    names = set(taken) | {MANIFEST_FILE}
+    for source in sources:
+        if not source.is_file():
+            raise PackError(f"--file {source}: no such file (give the path of a regular file).")
+        if source.name in names:
+            raise PackError(
+                f"--file {source}: the version already has a file named {source.name}; rename it."
+            )
+        names.add(source.name)
+        shutil.copyfile(source, staging / source.name)
+        entries.append(file_entry(staging, source.name))
+    return entries

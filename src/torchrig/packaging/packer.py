@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +27,13 @@ from torchrig.packaging.export import (
     script_module,
     symbolic_dims,
 )
-from torchrig.packaging.files import file_entry, next_version, publish, staging_directory
+from torchrig.packaging.files import (
+    copy_files,
+    file_entry,
+    next_version,
+    publish,
+    staging_directory,
+)
 from torchrig.packaging.golden import GOLDEN_FILE, make_golden, tolerance_for
 from torchrig.packaging.manifest import (
     PROGRAM_FORMATS,
@@ -76,6 +82,7 @@ class _Options:
     input_ranges: dict[str, tuple[int, int]] | None = None
     labels: dict[str, list[str]] | None = None
     dynamic: list[DynamicDim] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # packed beside the program (tokenizer)
 
 
 def _check_labels(labels: dict[str, list[str]] | None, outputs: list[str]) -> dict[str, list[str]]:
@@ -197,6 +204,7 @@ def _write_version(
         program, in_dims, out_dims = writer(staging)
         batch_dims = [{0} for _ in inputs.names] if options.dynamic_batch else None
         files = [file_entry(staging, program)]
+        files += copy_files(staging, options.files, taken={program, GOLDEN_FILE})
         golden_spec = None
         if options.golden_examples:
             golden = make_golden(
@@ -278,6 +286,7 @@ def pack(
     input_ranges: dict[str, tuple[int, int]] | None = None,
     labels: dict[str, list[str]] | None = None,
     dynamic_dims: DynamicSpec | None = None,
+    files: Sequence[str | Path] = (),
 ) -> PackedVersion:
     """Export `module` (in eval mode) and publish it as a new version of model `name`.
 
@@ -290,6 +299,8 @@ def pack(
     (max None: unbounded; (min, max) None: 1 and up), e.g. {"src": {1: (1, 512)}} for
     sequences of 1 to 512: the signature shows -1 there and the server refuses sizes
     outside the range; give examples of size 2 or more in those dimensions.
+    `files` are copied into the version beside the program, checksummed in the manifest
+    (a tokenizer.json for a text step of the model's config.toml).
     """
     if format not in PROGRAM_FORMATS:
         raise PackError(
@@ -316,6 +327,7 @@ def pack(
         dynamic=check_dynamic(
             dynamic_dims, inputs.names, inputs.tensors, dynamic_batch=dynamic_batch
         ),
+        files=[Path(item) for item in files],
     )
 
     def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:
@@ -394,6 +406,7 @@ def pack_torchscript(
     input_ranges: dict[str, tuple[int, int]] | None = None,
     labels: dict[str, list[str]] | None = None,
     dynamic_dims: DynamicSpec | None = None,
+    files: Sequence[str | Path] = (),
 ) -> PackedVersion:
     """Publish an existing TorchScript file as a version; pickles are refused unread."""
     source = Path(path)
@@ -422,6 +435,7 @@ def pack_torchscript(
         dynamic=check_dynamic(
             dynamic_dims, inputs.names, inputs.tensors, dynamic_batch=dynamic_batch
         ),
+        files=[Path(item) for item in files],
     )
 
     def writer(staging: Path) -> tuple[str, list[set[int]] | None, list[set[int]] | None]:
