@@ -85,6 +85,12 @@ class ImageTransform:
             )
         self._scale = self._normaliser()
         self._gpu_decoder: Any = _torchvision_io() if self.device.type == "cuda" else None
+        try:  # Pillow decodes on the CPU (and makes the generated example)
+            import PIL.Image  # noqa: F401
+        except ImportError:
+            raise ArtifactError(
+                f"{where}: an image step needs Pillow: pip install 'torchrig[vision]'"
+            ) from None
 
     def _final_size(self, spec: TensorSpec, where: str) -> tuple[int, int]:
         """The (height, width) every image of a batch has, or an error naming the fix."""
