@@ -32,6 +32,7 @@ interface below.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -306,7 +307,10 @@ class Pipeline:
             for step, stage in zip(self.config.step, stages, strict=True):
                 given = {s.name: tensors[step.input_map.get(s.name, s.name)] for s in stage.inputs}
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                outputs = await stage.submit(given, timeout_s=left)
+                try:
+                    outputs = await stage.submit(given, timeout_s=left)
+                except TorchrigError as exc:  # the member's reason, with where it happened
+                    raise _located(exc, stage.label) from None
                 for name, tensor in outputs.items():
                     tensors[step.output_map.get(name, name)] = tensor
             wanted = self.config.outputs or [
@@ -331,6 +335,15 @@ class Pipeline:
                         failed=failed,
                     )
                 )
+
+
+def _located(exc: TorchrigError, label: str) -> TorchrigError:
+    """A copy of a member's error (the same class, so the same status) that names the
+    step; the member's own instance may be shared by other requests of its batch."""
+    located = copy.copy(exc)
+    located.message = f"{label}: {exc.message}"
+    located.args = (located.message,)
+    return located
 
 
 def _renamed(spec: TensorSpec, name: str) -> TensorSpec:
