@@ -9,6 +9,7 @@ from torchrig.demo.models import (
     DemoRanker,
     TinyImageClassifier,
     classifier,
+    encoder,
     ranker,
     torchvision_models,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "TinyImageClassifier",
     "build_demo_repository",
     "classifier",
+    "encoder",
     "ranker",
     "torchvision_models",
 ]

@@ -110,6 +110,15 @@ def classifier() -> tuple[nn.Module, tuple[Any, ...]]:
     return TinyImageClassifier().eval(), TinyImageClassifier.example_inputs()
 
 
+def encoder() -> tuple[nn.Module, dict[str, Any]]:
+    """Factory for `torchrig pack torchrig.demo:encoder --dynamic src:1:1-512`: a
+    two-layer TransformerEncoder over [batch, length, 32] and an example of length 10."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    return model, {"src": torch.randn(3, 10, 32)}
+
+
 class NormalizedImageModel(nn.Module):  # type: ignore[misc]
     """Takes decoded RGB frames as uint8 [batch, 3, H, W] and normalises them on the model's
     device, in the model's dtype, so clients send 4x fewer bytes than float32 pixels and

@@ -41,10 +41,14 @@ def check_dynamic(
             what = f"--dynamic {name}:{dim}"
             if isinstance(dim, bool) or not isinstance(dim, int):
                 raise PackError(f"{what}: DIM must be an integer dimension index.")
-            if dim == 0 and dynamic_batch:
+            if dim == 0:
                 raise PackError(
                     f"{what}: dim 0 is the batch, which is dynamic already; declare the "
                     "dimensions after it (1 for the length of [batch, length, features])."
+                    if dynamic_batch
+                    else f"{what}: dim 0 of a model without a batch stays fixed; give the "
+                    "model a batch dimension (pack without --no-dynamic-batch) and declare "
+                    "the dimensions after it."
                 )
             if not 0 <= dim < len(shape):
                 raise PackError(
