@@ -226,3 +226,28 @@ def test_instances_get_a_handler_each_and_unloading_forgets_the_module(
         module = executor.program.__module__
         assert module in sys.modules
     assert module not in sys.modules  # the server closed: the version was released
+
+
+def test_files_packed_beside_the_handler_are_in_its_directory(tmp_path: Path) -> None:
+    """`--file` packs what the handler loads (weights, a vocabulary) beside it, checksummed;
+    its load() reads it at pack time and when served."""
+    (tmp_path / "handler.py").write_text(
+        "from pathlib import Path\n\n"
+        "class Handler:\n"
+        "    def load(self, directory, device):\n"
+        "        self.scale = float((Path(directory) / 'scale.txt').read_text())\n\n"
+        "    def infer(self, inputs):\n"
+        "        return {'y': inputs['x'] * self.scale}\n"
+    )
+    (tmp_path / "scale.txt").write_text("5\n")
+    packed = pack_cli("--handler", "handler.py", "--file", "scale.txt", "--example",
+                      "x:FP32:2x3", "--name", "scaled", "--repository", "models",
+                      cwd=tmp_path)  # fmt: skip
+    assert packed.returncode == 0, packed.stderr
+    manifest = read_manifest(tmp_path / "models" / "scaled" / "1")
+    assert "scale.txt" in [item.path for item in manifest.files]
+    with running(tmp_path / "models", ALLOWED) as (url, _):
+        x = np.ones((1, 3), dtype=np.float32)
+        answer = httpx.post(f"{url}/v2/models/scaled/infer", json=infer_body(x), timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == [5.0, 5.0, 5.0]

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import shutil
 import sys
 import tempfile
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +132,16 @@ def pack_handler(
     input_ranges: dict[str, tuple[int, int]] | None = None,
     labels: dict[str, list[str]] | None = None,
     environment: Any = None,
+    files: Sequence[str | Path] = (),
 ) -> Any:
     """Publish a Python handler file as a version of model `name`.
 
     The handler runs here (you are packing your own code): it is loaded from a copy of
     the file in an empty directory, as the server will, and its outputs on
     `example_inputs` (a dict name -> tensor, batch first) give the output signature and
-    the golden examples. The manifest records the file's sha256 and its source.
+    the golden examples. The manifest records the file's sha256 and its source. `files`
+    (weights, a vocabulary) are packed beside it, checksummed, under their own names: its
+    `load(directory, device)` finds them there (at pack time too).
     """
     import torch
 
@@ -166,8 +171,12 @@ def pack_handler(
         )
     except ArtifactError as exc:
         raise PackError(exc.message) from None
+    extra = [Path(item) for item in files]
     with tempfile.TemporaryDirectory(prefix="torchrig-handler-") as scratch:
         (Path(scratch) / HANDLER_FILE).write_bytes(source)
+        for item in extra:
+            if item.is_file() and item.name != HANDLER_FILE:  # else _write_version says why
+                shutil.copyfile(item, Path(scratch) / item.name)
         try:
             handler = new_handler(handler_class, Path(scratch), torch.device("cpu"))
         except ArtifactError as exc:
@@ -196,6 +205,7 @@ def pack_handler(
         environment=environment,
         input_ranges=input_ranges,
         labels=labels,
+        files=extra,
     )
     try:
         return _write_version(options, "handler", inputs, run, writer, handler=spec)
