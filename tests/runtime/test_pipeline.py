@@ -110,6 +110,8 @@ def test_config_errors_name_the_step_and_the_fix() -> None:
         parse_config("[pipeline]\n")
     with pytest.raises(RepositoryError, match=re.escape("pipeline.{outputs, step")):
         parse_config('[[pipeline.step]]\nmodels = "a"\n')
+    with pytest.raises(RepositoryError, match=r"holds \[pipeline\] only"):
+        parse_config('[batching]\nmax_batch_size = 8\n\n[[pipeline.step]]\nmodel = "a"\n')
 
 
 def test_a_builtin_step_without_a_factory_is_named(tmp_path: Path) -> None:

@@ -146,6 +146,11 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
         problems.append('version_policy.versions must list versions when policy = "specific"')
     if config.pipeline is not None:
         problems.extend(_check_pipeline(config.pipeline))
+        if msgspec.structs.replace(config, pipeline=None) != ModelConfig():
+            problems.append(
+                "a pipeline's config.toml holds [pipeline] only: batching, device, steps and "
+                "the other keys belong in its member models' config.toml"
+            )
     problems.extend(check_steps(config.preprocess, config.postprocess))
     if problems:
         raise RepositoryError(f"{origin}: " + "; ".join(problems) + ".")

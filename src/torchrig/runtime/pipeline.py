@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from torchrig import __version__
-from torchrig.errors import InvalidInput, ModelNotReady, TorchrigError
+from torchrig.errors import ModelNotReady, TorchrigError
 from torchrig.packaging.manifest import Manifest, TensorSpec
 from torchrig.repository.config import ModelConfig, PipelineConfig, PipelineStep
 from torchrig.runtime.batcher import BatchObserver, BatchRecord
@@ -320,9 +320,9 @@ class Pipeline:
             failed = False
             return result
         except KeyError as exc:  # a member changed its signature under a running request
-            raise InvalidInput(
+            raise ModelNotReady(
                 f"pipeline {self.name}: tensor {exc.args[0]} is missing between steps (a member "
-                "was reloaded with another signature); retry"
+                "was reloaded with another signature just now); retry"
             ) from None
         finally:
             if self.observer is not None:
