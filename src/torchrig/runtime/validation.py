@@ -95,21 +95,23 @@ def check_dynamic_sizes(
 ) -> None:
     """Refuse a size outside a dynamic dimension's declared [min, max]: the program was
     exported for that range only (its guard would fail inside a batch, for every request)."""
+    for declared in dynamic:
+        shape = getattr(inputs.get(declared.input), "shape", None)
+        if shape is not None and len(shape) > declared.dim:
+            _check_size(model, declared, int(shape[declared.dim]))
+
+
+def _check_size(model: str, declared: DynamicDim, size: int) -> None:
     from torchrig.packaging.dynamic import describe
 
-    for declared in dynamic:
-        tensor = inputs.get(declared.input)
-        if tensor is None or tensor.dim() <= declared.dim:
-            continue
-        size = int(tensor.shape[declared.dim])
-        if size < declared.min or (declared.max is not None and size > declared.max):
-            raise InvalidInput(
-                f"model {model}: input {declared.input} has size {size} in dimension "
-                f"{declared.dim}, outside its declared range {describe(declared)}; send "
-                f"sizes from {declared.min}"
-                + (f" to {declared.max}" if declared.max is not None else " up")
-                + " there (the range was declared when the model was packed)"
-            )
+    if size < declared.min or (declared.max is not None and size > declared.max):
+        raise InvalidInput(
+            f"model {model}: input {declared.input} has size {size} in dimension "
+            f"{declared.dim}, outside its declared range {describe(declared)}; send "
+            f"sizes from {declared.min}"
+            + (f" to {declared.max}" if declared.max is not None else " up")
+            + " there (the range was declared when the model was packed)"
+        )
 
 
 def check_ranges(model: str, inputs: Mapping[str, Any], ranges: Mapping[str, list[int]]) -> None:
@@ -138,10 +140,12 @@ def check_declared(
     shape: list[int],
     *,
     max_batch_size: int | None = None,
+    dynamic: Sequence[DynamicDim] = (),
 ) -> None:
-    """What a request declares of one input (name, datatype, shape), checked before its
-    data is parsed: a request that cannot be served is refused before it costs anything.
-    `validate_inputs` checks the decoded tensors in full later."""
+    """What a request declares of one input (name, datatype, shape, the sizes of dynamic
+    dimensions), checked before its data is parsed: a request that cannot be served is
+    refused before it costs anything. `validate_inputs` checks the decoded tensors in full
+    later."""
     spec = next((s for s in specs if s.name == name), None)
     if spec is None:
         raise InvalidInput(
@@ -164,3 +168,6 @@ def check_declared(
             f"{max_batch_size}; split it or raise batching.max_batch_size in the model's "
             "config.toml"
         )
+    for declared in dynamic:
+        if declared.input == name and len(shape) > declared.dim:
+            _check_size(model, declared, shape[declared.dim])

@@ -498,6 +498,7 @@ class V2App:
             f"{model}/{served.version}",
             signature.inputs,
             max_batch_size=served.batcher.max_batch_size if served.batcher else None,
+            dynamic=signature.dynamic_dims,
         )
         decode = partial(
             decode_infer_request,

@@ -230,6 +230,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 f"{model}/{served.version}",
                 manifest.inputs,
                 max_batch_size=served.batcher.max_batch_size if served.batcher else None,
+                dynamic=manifest.dynamic_dims,
             )
             shm_read, shm_write = self._shared_memory(context)
             decoded = decode_request(
