@@ -396,8 +396,10 @@ def refresh_states(versions: list[ServedVersion]) -> None:
         try:
             signature = pipeline.signature()
         except TorchrigError as exc:
-            if served.reason != exc.message:
-                log.warning("%s is not ready: %s", served.model, exc.message)
+            if served.state == "ready":  # it served: say why it stopped
+                log.warning("pipeline %s is no longer ready: %s", served.model, exc.message)
+            elif served.reason != exc.message:  # e.g. at startup, before its members load
+                log.info("pipeline %s is not ready yet: %s", served.model, exc.message)
             served.state, served.reason = "failed", exc.message
             continue
         manifest = served.manifest
