@@ -5,12 +5,12 @@
 # a failing step is reported and the next one runs. Output lands in $OUT (default ./out).
 #
 # Run from the repository root: `bash benchmarks/gpu_checks.sh [steps]`, steps a comma list
-# of tests,throughput,cpu_runtime,frames,doctor,verify,torchvision (default: all). torchrig must be importable
+# of tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline (default: all). torchrig must be importable
 # (`pip install -e .`, or PYTHONPATH=src with its dependencies installed).
 set -uo pipefail
 OUT="${OUT:-./out}"
 mkdir -p "$OUT"
-STEPS="${1:-tests,throughput,cpu_runtime,frames,doctor,verify,torchvision}"
+STEPS="${1:-tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 
@@ -42,3 +42,9 @@ from torchrig.demo import build_demo_repository; build_demo_repository(Path(\"/t
 && $PY -m torchrig verify /tmp/demo-repo --device cuda"
 step torchvision 180 "$PY" -m pytest -q -p no:cacheprovider \
     tests/demo/test_demo.py::test_torchvision_models_pack_when_asked
+# JPEG bytes to top-5 through the server's image pipeline: nvJPEG batched decode (torchvision
+# when it imports), resize and normalise on the GPU, against a PIL loop; then the image and
+# text pipeline tests (their CPU path) on this machine
+step image_pipeline 420 bash -c "$PY benchmarks/image_pipeline.py --device cuda --rounds 3 \
+--images 64 -c 16 && $PY -m pytest -q -p no:cacheprovider tests/server/test_image_pipeline.py \
+tests/server/test_text_pipeline.py tests/runtime/test_steps.py"
