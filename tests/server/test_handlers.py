@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from tritonclient import grpc as tgrpc
+from tritonclient.utils import InferenceServerException
 
 from serving import running
 from torchrig.errors import ArtifactError, PackError
@@ -97,7 +98,7 @@ def test_the_manifest_records_source_and_hash(repo: Path) -> None:
 
 
 def test_refused_without_the_flag(repo: Path) -> None:
-    with running(repo, ServeSettings(port=0, log_format="text")) as (url, _):
+    with running(repo, ServeSettings(port=0, log_format="text")) as (url, state):
         ready = httpx.get(f"{url}/v2/models/scaler/ready", timeout=30)
         assert ready.status_code == 503
         reason = ready.json()["error"]
@@ -107,6 +108,14 @@ def test_refused_without_the_flag(repo: Path) -> None:
         answer = httpx.post(f"{url}/v2/models/scaler/infer", json=infer_body(x), timeout=30)
         assert answer.status_code == 503
         assert "--allow-python-handlers" in answer.json()["error"]
+        client = tgrpc.InferenceServerClient(state.grpc_address)
+        assert not client.is_model_ready("scaler")
+        tensor = tgrpc.InferInput("x", [1, 3], "FP32")
+        tensor.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("scaler", [tensor])
+        assert caught.value.status() == "StatusCode.UNAVAILABLE"
+        assert "loading code is executing code" in caught.value.message()
 
 
 def test_served_with_the_flag_over_rest_and_grpc(allowed: tuple[str, Any]) -> None:

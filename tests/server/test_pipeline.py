@@ -142,6 +142,10 @@ def test_a_missing_member_leaves_the_pipeline_not_ready_and_named(tmp_path: Path
         assert "classifier" in answer.json()["error"]
         # the other models serve
         assert httpx.get(f"{url}/v2/models/encoder/ready", timeout=30).status_code == 200
+        index = httpx.post(f"{url}/v2/repository/index", timeout=30).json()
+        (row,) = [r for r in index if r["name"] == "chain"]
+        assert (row["version"], row["state"]) == ("1", "FAILED")
+        assert "member classifier" in row["reason"]
 
 
 def test_unloading_a_member_takes_the_pipeline_out_and_loading_it_back_in(
