@@ -32,7 +32,9 @@ def config_toml(config: ModelConfig) -> str:
     for key, value in data.items():
         if isinstance(value, dict):
             tables.append((key, value))
-        elif value is not None:
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.extend((f"[{key}]", item) for item in value)  # [[preprocess]] entries
+        elif value is not None and value != []:
             lines.append(f"{key} = {_value(value)}")
     for table, values in tables:
         lines.append(f"\n[{table}]")

@@ -11,6 +11,7 @@ does the image's final shape match it?) is checked when the version loads
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -146,7 +147,9 @@ def parse_step(kind: str, options: dict[str, Any], *, where: str) -> PreStep | P
         ) from None
     pre = [step] if isinstance(step, ImageStep | TextStep) else []
     post = [step] if isinstance(step, SoftmaxStep | TopKStep) else []
-    problems = check_steps(pre, post)
+    problems = [  # named by their key alone: `where` says which step
+        re.sub(r"^(pre|post)process\[0\](\.|: )", "", problem) for problem in check_steps(pre, post)
+    ]
     if problems:
         raise RepositoryError(f"{where}: " + "; ".join(problems) + ".")
     return step
