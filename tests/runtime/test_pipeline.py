@@ -83,6 +83,23 @@ def test_the_pipeline_follows_its_own_config(tmp_path: Path) -> None:
     run(main())
 
 
+def test_a_pipeline_unloaded_and_loaded_again_serves(tmp_path: Path) -> None:
+    root = build_repo(tmp_path / "models")
+    x = np.ones((1, 6), dtype=np.float32)
+
+    async def main() -> None:
+        registry = ModelRegistry(Repository(root))
+        await registry.load_all()
+        await registry.unload("chain")
+        with pytest.raises(ModelNotReady, match="unloaded"):
+            registry.resolve("chain")
+        await registry.load("chain")
+        np.testing.assert_allclose(await infer(registry, x), in_sequence(root, x), rtol=1e-5)
+        await registry.close()
+
+    run(main())
+
+
 def test_tensors_that_do_not_fit_between_steps_are_named(tmp_path: Path) -> None:
     root = build_repo(tmp_path / "models")
     # head takes 8 features; give it the pipeline's 6-wide input instead

@@ -176,7 +176,12 @@ class ModelRegistry:
         """Serve model `name` as the pipeline its config declares (see runtime.pipeline)."""
         key = (name, PIPELINE_VERSION)
         current = self._versions.get(key)
-        if current is not None and current.pipeline is not None and current.config == config:
+        if (
+            current is not None
+            and current.pipeline is not None
+            and current.config == config
+            and current.state not in ("unloading", "unloaded")
+        ):
             return
         for served in [v for (m, _), v in list(self._versions.items()) if m == name]:
             if served.state in ("ready", "loading"):
