@@ -134,7 +134,7 @@ def check(module: torch.nn.Module, images: list[bytes], probs: Any, classes: Any
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
     top = torch.topk(want.double(), 5, dim=1)
     for row, answer in enumerate(classes):
-        parts = [bytes(item).decode().split(":") for item in answer]
+        parts = [(item if isinstance(item, str) else item.decode()).split(":") for item in answer]
         assert [int(index) for _, index, _ in parts] == top.indices[row].tolist()
         assert [label for _, _, label in parts] == [LABELS[i] for i in top.indices[row]]
         assert [float(score) for score, _, _ in parts] == pytest.approx(
@@ -150,7 +150,13 @@ def test_rest_jpeg_batch_equals_steps_by_hand(
     client = thttp.InferenceServerClient(url.removeprefix("http://"))
     tensor = thttp.InferInput("image", [len(IMAGES)], "BYTES")
     tensor.set_data_from_numpy(np.array(IMAGES, dtype=np.object_))
-    result = client.infer(model, [tensor])
+    # the scores binary, the classes as JSON strings
+    outputs = [
+        thttp.InferRequestedOutput("logits", binary_data=True),
+        thttp.InferRequestedOutput("classes", binary_data=False),
+    ]
+    result = client.infer(model, [tensor], outputs=outputs)
+    assert result.get_output("classes")["data"][0].count(":") == 2  # JSON: a string
     check(modules[model], IMAGES, result.as_numpy("logits"), result.as_numpy("classes"))
 
 

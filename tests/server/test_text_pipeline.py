@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tritonclient import grpc as tgrpc
 from tritonclient import http as thttp
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving import running
 from torchrig.packaging import pack
@@ -179,3 +181,23 @@ def test_not_utf8_is_a_400_naming_the_element(served: tuple[str, Any, Any, Any])
     tensor.set_data_from_numpy(np.array([b"red car", b"\xff\xfe"], dtype=np.object_))
     with pytest.raises(Exception, match="element 1 is not UTF-8 text"):
         client.infer("longest", [tensor])
+
+
+def test_grpc_bytes_contents_equal_each_alone(served: tuple[str, Any, Any, Any]) -> None:
+    """Strings in the message's typed `bytes_contents` (not raw contents) work too."""
+    _, state, module, tokenizer = served
+    request = service_pb2.ModelInferRequest(model_name="longest")
+    text = request.inputs.add(name="text", datatype="BYTES", shape=[len(TEXTS)])
+    text.contents.bytes_contents.extend(t.encode() for t in TEXTS)
+    channel = grpc.insecure_channel(state.grpc_address)
+    try:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    finally:
+        channel.close()
+    [output] = answer.outputs
+    assert (output.name, output.datatype, list(output.shape)) == ("logits", "FP32", [4, 3])
+    logits = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32).reshape(4, 3)
+    for row, value in enumerate(TEXTS):
+        np.testing.assert_allclose(
+            logits[row], alone(module, tokenizer, value), rtol=1e-4, atol=1e-5
+        )
