@@ -13,8 +13,9 @@ from torch import nn
 from sequence_model import MAX_LENGTH, SequenceClassifier, example, tokens
 from torchrig.envlock import EnvLock
 from torchrig.errors import PackError
-from torchrig.packaging import pack, read_manifest
+from torchrig.packaging import pack, read_manifest, verify_version
 from torchrig.packaging.dynamic import size_buckets, size_levels
+from torchrig.packaging.golden import GOLDEN_FILE, input_key
 from torchrig.packaging.manifest import DynamicDim
 from torchrig.repository.config import BatchingConfig, ModelConfig
 from torchrig.runtime.cuda_lanes import graphable
@@ -197,3 +198,21 @@ def test_the_sequence_model_answers_each_length_as_it_does_eagerly(
         with torch.inference_mode():
             want = model(ids)
         torch.testing.assert_close(runner.infer({"tokens": ids})["output"], want)
+
+
+def test_golden_examples_cover_the_minimum_and_replay(tmp_path: Path, env_lock: EnvLock) -> None:
+    packed = pack(
+        SequenceClassifier().eval(),
+        example(),
+        name="seq",
+        repository=tmp_path,
+        dynamic_dims={"tokens": {1: (1, MAX_LENGTH)}},
+        golden_examples=3,
+        environment=env_lock,
+    )
+    golden = torch.load(str(packed.path / GOLDEN_FILE), weights_only=True)
+    lengths = [golden[input_key(i, "tokens")].shape[1] for i in range(3)]
+    assert lengths == [10, 1, 10]  # the example's length, the minimum, the example's
+    report = verify_version(packed.path)
+    assert report.examples == 3
+    assert report.passed, report

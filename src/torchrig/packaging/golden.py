@@ -7,7 +7,7 @@ inputs are standard normal; booleans are fair coin flips.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -54,17 +54,24 @@ def make_golden(
     count: int,
     batching: bool,
     max_batch_size: int,
+    sizes: Sequence[Mapping[tuple[str, int], int]] = (),
 ) -> dict[str, Any]:
-    """`count` random input batches like `example`, with `run`'s outputs, all on the CPU."""
+    """`count` random input batches like `example`, with `run`'s outputs, all on the CPU.
+    Example i takes `sizes[i % len(sizes)]` for the (input, dim)s it names (dynamic
+    dimensions: the packer gives the example's own sizes, then their minimum)."""
     generator = torch.Generator().manual_seed(GOLDEN_SEED)
     golden: dict[str, Any] = {}
     for i in range(count):
         batch = min(GOLDEN_BATCHES[i % len(GOLDEN_BATCHES)], max_batch_size)
+        resized = sizes[i % len(sizes)] if sizes else {}
         inputs = []
         for name, tensor in zip(example.names, example.tensors, strict=True):
             shape = list(tensor.shape)
             if batching:
                 shape[0] = batch
+            for (input_name, dim), size in resized.items():
+                if input_name == name:
+                    shape[dim] = size
             value = random_tensor(tensor.dtype, shape, integer_range(tensor), generator)
             golden[input_key(i, name)] = value
             inputs.append(value.to(tensor.device))

@@ -213,6 +213,11 @@ def _write_version(
                 count=options.golden_examples,
                 batching=options.dynamic_batch,
                 max_batch_size=options.max_batch_size,
+                # dynamic dims: the example's sizes, then their minimum (1 is where a
+                # program exported from larger examples would go wrong)
+                sizes=[{}, {(d.input, d.dim): d.min for d in options.dynamic}]
+                if options.dynamic
+                else (),
             )
             torch.save(golden, str(staging / GOLDEN_FILE))
             files.append(file_entry(staging, GOLDEN_FILE))
