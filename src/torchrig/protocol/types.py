@@ -42,7 +42,8 @@ class BytesTensor(list[bytes]):
     """A BYTES tensor: its elements in row-major order (a flat `list[bytes]`) and its shape.
 
     It carries `shape` (a tuple) and `dtype` ("BYTES") like a tensor does, so signature
-    checks that read `.shape` and `.dtype` work on it unchanged.
+    checks that read `.shape` and `.dtype` work on it unchanged; a slice takes rows as a
+    tensor's does and `concat` joins rows, so the batcher batches and splits it as tensors.
     """
 
     __slots__ = ("shape",)
