@@ -37,6 +37,9 @@ class BatchingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     max_queue_delay_ms: float = 0.0
     preferred_batch_sizes: list[int] = []  # warm-up (and CUDA graph) sizes; default: powers of 2
     max_queue_size: int = 1024  # requests waiting; beyond it: queue full (503 + Retry-After)
+    # a CPU model whose largest batch takes under this (timed at warm-up) runs its batches
+    # on the event loop instead of a worker thread; 0 keeps every model on a worker thread
+    inline_max_ms: float = 1.0
 
 
 class VersionPolicy(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -122,6 +125,8 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
         problems.append("batching.max_queue_delay_ms must be >= 0")
     if b.max_queue_size < 1:
         problems.append("batching.max_queue_size must be >= 1")
+    if b.inline_max_ms < 0:
+        problems.append("batching.inline_max_ms must be >= 0 (0: always a worker thread)")
     bad_sizes = [s for s in b.preferred_batch_sizes if not 1 <= s <= b.max_batch_size]
     if bad_sizes:
         problems.append(
@@ -171,7 +176,8 @@ def parse_config(text: str, *, origin: str = CONFIG_FILE) -> ModelConfig:
         if not hint and message.startswith("Object contains unknown field"):
             hint = (
                 " Known keys: batching.{max_batch_size, max_queue_delay_ms, "
-                "preferred_batch_sizes, max_queue_size}, device, dtype, channels_last, "
+                "preferred_batch_sizes, max_queue_size, inline_max_ms}, device, dtype, "
+                "channels_last, "
                 "instances, threads, warmup, cuda_graphs, compile, memory_budget, "
                 "version_policy.{policy, latest, versions}, pipeline.{outputs, step[].{model, "
                 "version, step, options, input_map, output_map}}, [[preprocess]], "

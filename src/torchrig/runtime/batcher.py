@@ -11,7 +11,14 @@ long for company, an opt-in trade of latency for fuller batches. The inputs are
 concatenated once, the executor runs, the outputs are split back by rows and each future
 is resolved on its event loop. A full queue refuses at once (503 upstream); a request
 whose deadline passed or whose caller went away is dropped before it takes device time.
-Model work never runs on the event loop.
+
+A model whose largest batch takes under `inline_max_ms` on the CPU runs `inline`: with no
+worker thread, its batches run on the event loop that queued them, scheduled with
+`call_soon` so that every request parsed in the same loop iteration joins the batch. For
+such a model the hand-offs between threads (and the GIL they contend for) cost more than
+the batch; the rules above (batch sizes, delays, deadlines, isolation, statistics) hold
+alike. A batch that takes more than `INLINE_DEMOTE_FACTOR` times `inline_max_ms` moves the
+model to a worker thread for good (logged). Other models' work never runs on the event loop.
 
 One request never fails another. A batch that raises is split in halves by requests and
 each half retried, down to single requests, so every request the model can answer is
@@ -57,6 +64,9 @@ Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
 __all__ = ["BatchRecord", "Batcher", "BatcherStats", "concat_rows"]
 
 log = logging.getLogger(__name__)
+
+# an inline batch that takes this many times `inline_max_ms` moves its model to a thread
+INLINE_DEMOTE_FACTOR = 20.0
 
 
 class BatchExecutor(Protocol):
@@ -133,8 +143,10 @@ class Batcher:
         observer: BatchObserver | None = None,
         on_device_fault: DeviceFaultHandler | None = None,
         probe: Mapping[str, Any] | None = None,
+        inline: bool = False,
     ) -> None:
         self.executor = executor
+        self.inline = inline  # batches on the event loop, no worker thread (module doc)
         # known-good inputs (the warm-up example): when a lone request fails, the model
         # running these tells a bad request from a broken model
         self.probe = probe
@@ -155,9 +167,16 @@ class Batcher:
         self._stopping = False
         self._stats = BatcherStats()
         self._batch_time_s = 0.0  # moving average, for Retry-After
+        # inline: the next batch's callback on the loop, that loop, and whether it waits
+        # for a queue delay; whether a batch is running (close() waits for it)
+        self._scheduled: asyncio.Handle | None = None
+        self._scheduled_loop: asyncio.AbstractEventLoop | None = None
+        self._delayed = False
+        self._running_inline = False
+        self._inline_limit_s = INLINE_DEMOTE_FACTOR * config.inline_max_ms / 1000.0
         self._threads = [
             threading.Thread(target=self._work, name=f"torchrig-{name}-{i}", daemon=True)
-            for i in range(max(1, instances))
+            for i in range(0 if inline else max(1, instances))
         ]
         for thread in self._threads:
             thread.start()
@@ -201,11 +220,13 @@ class Batcher:
             # empty) or a gathering one whose batch is now full; the delay wakes it otherwise
             if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
                 self._cond.notify()
+            if self.inline:
+                self._schedule(loop)
         return request.future
 
     def _retry_after(self) -> float:
         waiting_batches = math.ceil(len(self._queue) / max(1, self.max_batch_size))
-        estimate = waiting_batches * max(self._batch_time_s, 0.001) / len(self._threads)
+        estimate = waiting_batches * max(self._batch_time_s, 0.001) / max(1, len(self._threads))
         return max(1.0, math.ceil(estimate))
 
     @property
@@ -226,14 +247,113 @@ class Batcher:
             self._stopping = True
             self._cond.notify_all()
         deadline = time.monotonic() + timeout_s
-        for thread in self._threads:
+        for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.inline:
+            self._drain_inline(deadline)
         with self._cond:
             leftover = list(self._queue)
             self._queue.clear()
             self._queued_rows = 0
         for request in leftover:
             _resolve(request, error=QueueFull(f"model {self.name} was unloaded"))
+
+    # ---- inline: batches on the event loop -------------------------------------------------
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have `loop` run the next batch in its next iteration, so that the requests queued
+        in this one join it; with a queue delay, once the oldest request has waited it or
+        the batch is full (lock held)."""
+        if self._scheduled is not None:
+            owner = self._scheduled_loop
+            if owner is not loop and owner is not None and owner.is_running():
+                return  # another running loop has the next batch: it takes this one too
+            if owner is loop and not (self._delayed and self._queued_rows >= self.max_batch_size):
+                return  # due in the next iteration, or a delay with room left in the batch
+            self._scheduled.cancel()  # a delay cut short by a full batch, or a dead loop
+        wait = 0.0
+        if self.max_delay_s > 0 and self._queue and self._queued_rows < self.max_batch_size:
+            wait = self._queue[0].enqueued + self.max_delay_s - time.monotonic()
+        self._delayed = wait > 0
+        self._scheduled_loop = loop
+        if wait > 0:
+            self._scheduled = loop.call_later(wait, self._run_inline, loop)
+        else:
+            self._scheduled = loop.call_soon(self._run_inline, loop)
+
+    def _run_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the event loop: run one batch of what is queued; schedule the next if more
+        waits (a later iteration, so the loop serves its sockets in between)."""
+        with self._cond:
+            self._scheduled = None
+            batch: list[_Request] = []
+            self._gather(batch, 0)
+            self._running_inline = True
+        try:
+            if batch:
+                started = time.monotonic()
+                self._run(batch)
+                if time.monotonic() - started > self._inline_limit_s:
+                    self._leave_loop(time.monotonic() - started)
+        except Exception as exc:  # a loop callback: its requests must still be answered
+            log.exception("model %s: an inline batch failed", self.name)
+            error = InferenceFailed(f"model {self.name}: {type(exc).__name__}: {exc}")
+            _resolve_all([(r, None, error) for r in batch])
+        finally:
+            with self._cond:
+                self._running_inline = False
+                if self._queue and self.inline:
+                    self._schedule(loop)
+                self._cond.notify_all()  # close() may wait for the queue to drain
+
+    def _leave_loop(self, elapsed_s: float) -> None:
+        """A batch blocked the event loop far longer than measured at load: from now on
+        this model's batches run on a worker thread."""
+        log.warning(
+            "model %s: a batch took %.1f ms on the event loop (over %g x inline_max_ms); "
+            "its batches run on a worker thread from now on",
+            self.name,
+            elapsed_s * 1000,
+            INLINE_DEMOTE_FACTOR,
+        )
+        with self._cond:
+            self.inline = False
+            if self._scheduled is not None:
+                self._scheduled.cancel()
+                self._scheduled = None
+            worker = threading.Thread(target=self._work, name=f"torchrig-{self.name}-0")
+            worker.daemon = True
+            self._threads.append(worker)
+            worker.start()
+            self._cond.notify()
+
+    def _drain_inline(self, deadline: float) -> None:
+        """close(): let the loop run what is queued, or run it here when this thread is
+        that loop's, or that loop no longer runs."""
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        with self._cond:
+            while self._queue or self._running_inline:
+                loop = self._scheduled_loop
+                if loop is None or loop is here or not loop.is_running():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(min(remaining, 0.1))  # re-check that the loop still runs
+            if self._scheduled is not None:
+                self._scheduled.cancel()
+                self._scheduled = None
+        while time.monotonic() < deadline:
+            with self._cond:
+                batch: list[_Request] = []
+                self._gather(batch, 0)
+                if not batch and not self._queue:
+                    return
+            if batch:
+                self._run(batch)
 
     # ---- the worker side -----------------------------------------------------------------
 
@@ -520,7 +640,14 @@ def _resolve_all(outcomes: list[Outcome]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
     for outcome in outcomes:
         by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # a worker thread
+        here = None
     for loop, items in by_loop.items():
+        if loop is here:  # an inline batch: settle them now, no wake-up needed
+            _apply(items)
+            continue
         with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
             loop.call_soon_threadsafe(_apply, items)
 

@@ -94,6 +94,8 @@ class Executor:
         self._eager_module: Any = None
         self._lanes: queue.SimpleQueue[Any] | None = None  # CudaLane, one per instance
         self.graph_sizes: list[int] = []  # batch sizes with a captured CUDA graph
+        # a warmed-up batch of the largest size, timed at load (None: not measured)
+        self.batch_time_s: float | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -105,7 +107,11 @@ class Executor:
 
         self.warnings = check_environment(self.manifest, self.environment)
         self.device = resolve_device(self.requested_device)
-        program = load_program(self.version_dir, self.manifest, device=self.device)
+        # the batcher validates every request against the manifest (rows 1..max_batch_size)
+        max_rows = self.config.batching.max_batch_size if self.manifest.batching else None
+        program = load_program(
+            self.version_dir, self.manifest, device=self.device, max_rows=max_rows
+        )
         if self.config.dtype is not None and DTYPES[self.config.dtype] != "FP32":
             module = getattr(program, "module", None)
             if not isinstance(module, torch.nn.Module):
@@ -137,6 +143,7 @@ class Executor:
             self._compile(program)
             if self.config.warmup:
                 self.warm_up()
+                self.batch_time_s = self._time_largest_batch()
         if lanes and self.config.warmup:  # capturing runs every size: a warm-up too
             self._capture(lanes)
 
@@ -237,6 +244,42 @@ class Executor:
         from torchrig.runtime.threads import process_intra_op_threads
 
         return process_intra_op_threads()
+
+    @property
+    def runs_inline(self) -> bool:
+        """Whether the batcher should run this model's batches on the event loop rather
+        than in a worker thread: a CPU torch.export model of PyTorch's own operators only
+        (a custom operator may block), whose largest warmed-up batch took under
+        `batching.inline_max_ms`, with one instance, the process's torch thread count,
+        and no variable dimension past the batch one (whose size, and time, has no bound).
+        For such a model the thread hand-offs and the GIL they contend for cost more than
+        the batch itself."""
+        from torchrig.runtime.threads import process_intra_op_threads
+
+        limit_s = self.config.batching.inline_max_ms / 1000.0
+        return (
+            self.batch_time_s is not None
+            and self.batch_time_s < limit_s
+            and self.device == "cpu"
+            and self._lanes is None
+            and getattr(self._program, "builtin_ops_only", False)
+            and self.config.instances == 1
+            and self.intra_op_threads == process_intra_op_threads()
+            and all(-1 not in spec.shape[1:] for spec in self.manifest.inputs)
+        )
+
+    def _time_largest_batch(self) -> float:
+        """The best of five runs of the largest batch size (after the warm-up): the least
+        that other processes on the machine added to it."""
+        import time
+
+        example = self.example(max(self.warmup_sizes()))
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            self.infer(example)
+            best = min(best, time.perf_counter() - started)
+        return best
 
     @property
     def wants_pinned_batches(self) -> bool:

@@ -173,7 +173,17 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         observer=observer,
         on_device_fault=ctx.on_device_fault,
         probe=_probe(engine, manifest),
+        # a fast CPU model runs its batches on the event loop (steps are not timed at load)
+        inline=served.steps is None and executor.runs_inline,
     )
+    if served.batcher.inline:
+        log.info(
+            "%s runs its batches on the event loop: its largest batch took %.3f ms "
+            "(batching.inline_max_ms %.3g)",
+            where,
+            (executor.batch_time_s or 0.0) * 1000,
+            served.config.batching.inline_max_ms,
+        )
     served.state = "ready"
     for warning in served.warnings:
         log.warning("%s: %s", where, warning)
