@@ -408,6 +408,7 @@ def torchrig_servers(setup: Setup, selected: list[str]) -> list[Server]:
     command = [
         *(sys.executable, "-m", "torchrig", "serve", str(repo)),
         *("--host", "127.0.0.1", "--port", str(port), "--log-format", "text"),
+        *("--grpc-port", "0"),  # gRPC on as by default, on a free port (8001 may be taken)
     ]
     servers = []
     for name, label, body, read in (
