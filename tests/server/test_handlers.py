@@ -195,7 +195,9 @@ def test_the_loader_runs_only_the_bytes_the_manifest_names(repo: Path, tmp_path:
 
 def test_the_handler_module_has_a_name_of_its_own(allowed: tuple[str, Any]) -> None:
     _, state = allowed
-    executor = state.registry.resolve("scaler").executor
+    served = state.registry.resolve("scaler")
+    assert not served.batcher.inline  # its code may block: never on the event loop
+    executor = served.executor
     module = executor.program.__module__
     assert module.startswith("torchrig_handler_scaler_1_")
     assert module in sys.modules

@@ -102,6 +102,12 @@ class HandlerExecutor(Executor):
             self._handler_class = None
         super().unload()
 
+    @property
+    def runs_inline(self) -> bool:
+        """Never on the event loop: a handler's code may block (files, locks, the network),
+        which would stall every request of the server, not only its own batch."""
+        return False
+
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         import torch
 
