@@ -117,11 +117,22 @@ def size_buckets(declared: DynamicDim, *, interior: int = INTERIOR_BUCKETS) -> l
     return sorted({low, *powers, high})
 
 
-def size_levels(dynamic: Sequence[DynamicDim]) -> list[dict[tuple[str, int], int]]:
+def chosen_buckets(declared: DynamicDim, configured: Sequence[int] = ()) -> list[int]:
+    """The configured buckets (`[padding] buckets`) within the dim's declared range, or
+    its default buckets (`size_buckets`) when none are configured or none fit."""
+    inside = [
+        b for b in configured if b >= declared.min and (declared.max is None or b <= declared.max)
+    ]
+    return sorted(set(inside)) or size_buckets(declared)
+
+
+def size_levels(
+    dynamic: Sequence[DynamicDim], configured: Sequence[int] = ()
+) -> list[dict[tuple[str, int], int]]:
     """Warm-up shapes for all declared dims together: level i takes each dim's i-th bucket
     (its last one when it has fewer), so the count grows with the buckets, not their
-    product; level 0 is every dim at its min."""
-    buckets = [size_buckets(d) for d in dynamic]
+    product; level 0 is every dim at its first bucket (its min by default)."""
+    buckets = [chosen_buckets(d, configured) for d in dynamic]
     count = max((len(b) for b in buckets), default=1)
     return [
         {(d.input, d.dim): b[min(i, len(b) - 1)] for d, b in zip(dynamic, buckets, strict=True)}

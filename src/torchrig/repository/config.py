@@ -70,6 +70,15 @@ class PipelineConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     outputs: list[str] = []
 
 
+class PaddingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[padding]`: the model ignores padded positions (a mask input marks the real ones),
+    so requests whose dynamic dimensions differ may share a batch, each padded up to a
+    bucket (torchrig.runtime.padding). Without it, a batch holds one shape only."""
+
+    buckets: list[int] = []  # sizes to pad up to; default: the dynamic dims' warm-up buckets
+    values: dict[str, float] = {}  # input -> pad value (default 0; 0 is False for BOOL)
+
+
 class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     batching: BatchingConfig = BatchingConfig()
     device: str = "auto"  # "auto" (cuda:0 if available), "cpu", "cuda", "cuda:N"
@@ -97,6 +106,7 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # into its tensors before it runs, its outputs turned into answers after, per batch
     preprocess: list[PreStep] = []
     postprocess: list[PostStep] = []
+    padding: PaddingConfig | None = None  # pad requests of dynamic shapes to buckets
 
 
 def _check_pipeline(pipeline: PipelineConfig) -> list[str]:
@@ -157,6 +167,10 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
                 "the other keys belong in its member models' config.toml"
             )
     problems.extend(check_steps(config.preprocess, config.postprocess))
+    if config.padding is not None:
+        buckets = config.padding.buckets
+        if any(b < 1 for b in buckets) or buckets != sorted(set(buckets)):
+            problems.append(f"padding.buckets {buckets} must be positive and ascending, no repeats")
     if problems:
         raise RepositoryError(f"{origin}: " + "; ".join(problems) + ".")
     return config

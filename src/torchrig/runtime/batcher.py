@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torchrig.errors import (
     DeadlineExceeded,
@@ -58,6 +58,9 @@ from torchrig.repository.config import BatchingConfig
 from torchrig.runtime.faults import free_cached_memory, is_out_of_memory, poisons_device
 from torchrig.runtime.rows import concat_rows, describe_inputs
 from torchrig.runtime.threads import use_intra_op_threads
+
+if TYPE_CHECKING:
+    from torchrig.runtime.padding import Padding
 
 Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
 
@@ -85,6 +88,7 @@ class _Request:
     deadline: float | None  # time.monotonic() or None
     # the inputs' sizes past the batch dimension: only requests of one shape form a batch
     shape_key: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    crop: Callable[[Tensors], Tensors] | None = None  # cuts a padded request's outputs back
 
 
 # a request and what it gets: its outputs, or the error of its batch
@@ -144,12 +148,16 @@ class Batcher:
         on_device_fault: DeviceFaultHandler | None = None,
         probe: Mapping[str, Any] | None = None,
         inline: bool = False,
+        padding: Padding | None = None,
     ) -> None:
         self.executor = executor
         self.inline = inline  # batches on the event loop, no worker thread (module doc)
         # known-good inputs (the warm-up example): when a lone request fails, the model
         # running these tells a bad request from a broken model
         self.probe = probe
+        # a model that ignores padding (`[padding]`): requests padded to shape buckets, so
+        # that different lengths in one bucket share a batch
+        self.padding = padding
         self.observer = observer
         self.on_device_fault = on_device_fault
         self.max_batch_size = config.max_batch_size if batching else 1
@@ -195,6 +203,9 @@ class Batcher:
         """Queue one request now (on the event loop) and return its future; cancelling the
         future (or a task awaiting it) drops the request if its batch has not started."""
         loop = asyncio.get_running_loop()
+        crop = None
+        if self.padding is not None and self.batching:
+            inputs, crop = self.padding.apply(inputs)
         now = time.monotonic()
         request = _Request(
             inputs=inputs,
@@ -204,6 +215,7 @@ class Batcher:
             enqueued=now,
             deadline=None if timeout_s is None else now + timeout_s,
             shape_key=_shape_key(inputs) if self.batching else (),
+            crop=crop,
         )
         with self._cond:
             if self._stopping:
@@ -433,7 +445,10 @@ class Batcher:
     def _run(self, batch: list[_Request]) -> None:
         started = time.monotonic()
         rows = sum(r.rows for r in batch)
-        outcomes = self._judge(self._execute(batch))
+        outcomes = [
+            (request, request.crop(result) if request.crop and result else result, error)
+            for request, result, error in self._judge(self._execute(batch))
+        ]
         failed = any(error is not None for _, _, error in outcomes)
         elapsed = self._count(rows, len(batch), started, failed=failed)
         _resolve_all(outcomes)

@@ -321,7 +321,8 @@ class Executor:
         sizes = self.warmup_sizes()
         if not self.manifest.dynamic_dims:
             return [({}, sizes)]
-        levels = size_levels(self.manifest.dynamic_dims)
+        padding = self.config.padding  # its buckets, when configured, are the ones to warm
+        levels = size_levels(self.manifest.dynamic_dims, padding.buckets if padding else ())
         budget = max(sizes) * math.prod(levels[0].values())
         shapes = [(levels[0], sizes)]
         for level in levels[1:]:

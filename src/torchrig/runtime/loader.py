@@ -27,6 +27,7 @@ from torchrig.runtime.batcher import Batcher, BatchObserver, DeviceFaultHandler
 from torchrig.runtime.executor import Executor, resolve_device
 from torchrig.runtime.faults import poisons_device
 from torchrig.runtime.memory import check_budget, host_bytes, measured_load
+from torchrig.runtime.padding import padding_for
 from torchrig.runtime.steps import Steps, WithSteps, load_steps
 from torchrig.runtime.threads import in_own_thread
 
@@ -175,6 +176,10 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         probe=_probe(engine, manifest),
         # a fast CPU model runs its batches on the event loop (steps are not timed at load)
         inline=served.steps is None and executor.runs_inline,
+        # `[padding]`: requests padded to shape buckets (the program's own inputs only)
+        padding=padding_for(manifest, served.config, served.warnings)
+        if served.steps is None
+        else None,
     )
     if served.batcher.inline:
         log.info(
