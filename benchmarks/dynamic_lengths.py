@@ -1,19 +1,24 @@
-"""Mixed sequence lengths through the batcher: batched by length against one at a time.
+"""Mixed sequence lengths through the batcher: by length, padded to buckets, one at a time.
 
-A TransformerEncoder (`torchrig.demo:encoder`, [batch, length, 32]) packed with
-`--dynamic src:1:1-512` and served in process by a `ModelRegistry`. N concurrent asyncio
-callers each send one-row requests whose lengths cycle through a mix (16, 64, 128 by
-default), for D seconds.
+A masked TransformerEncoder (token ids and a mask of the real positions -> class scores by
+masked mean pooling), packed with `dynamic_dims` 1-128 on both inputs and served in process
+by a `ModelRegistry`. N concurrent asyncio callers each send one-row requests, caller i
+always the same length from a mix, for D seconds. Two mixes:
 
-- grouped: `max_batch_size` 32; the batcher puts requests of one length in a batch and
-  lets the other lengths lead the next batches (what torchrig does);
+- few: lengths 16, 64 and 128 (the callers cycle through them);
+- many: 32 distinct lengths, 1 to 125 in steps of 4.
+
+Three ways to serve them, three models of the same weights in one registry:
+
 - alone (baseline): `max_batch_size` 1, every request its own batch: what a server that
-  cannot join different lengths, nor tell them apart, has to do;
-- uniform (reference): grouped, with every request of the mix's middle length, the ceiling
-  batching reaches when shapes never differ.
+  cannot join different lengths has to do;
+- by length: `max_batch_size` 32, a batch holds one length (torchrig's default);
+- padded: the same with `[padding]` buckets 16, 32, 64, 128: lengths in one bucket share a
+  batch, padded to it (only for models that ignore padding, as this one does).
 
-Each run measures the three back to back on one registry; the figures are medians over the
-runs, and the ratio is the median of each run's grouped / alone.
+And a reference: by length with every request of length 64, the ceiling batching reaches
+when shapes never differ. Each run measures everything back to back; the figures are
+medians over the runs, the ratios medians of each run's ratios against alone.
 
 Run: `python benchmarks/dynamic_lengths.py [--seconds 2] [--runs 3] [--callers 32]`
 """
@@ -31,13 +36,36 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from torch import nn
 
-from torchrig.demo import encoder
 from torchrig.packaging import pack
 from torchrig.repository import BatchingConfig, ModelConfig, Repository
+from torchrig.repository.config import PaddingConfig
 from torchrig.runtime import ModelRegistry
 
 T = TypeVar("T")
+MAX_LENGTH = 128
+MIXES = {"few": [16, 64, 128], "many": list(range(1, MAX_LENGTH, 4))}
+MODES = {"alone": "alone", "by length": "grouped", "padded": "padded"}
+
+
+class MaskedEncoder(nn.Module):  # type: ignore[misc]
+    """[batch, length] ids and mask -> [batch, 4] scores; padded positions change nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(1000, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        encoded = self.encoder(self.embed(tokens), src_key_padding_mask=~mask)
+        weights = mask.unsqueeze(-1).to(encoded.dtype)
+        pooled: torch.Tensor = (encoded * weights).sum(dim=1) / weights.sum(dim=1)
+        scores: torch.Tensor = self.head(pooled)
+        return scores
 
 
 def in_thread(function: Callable[[], T]) -> T:
@@ -50,16 +78,25 @@ def in_thread(function: Callable[[], T]) -> T:
 
 
 def build(repo: Path) -> None:
-    module, example = encoder()
-    for name, max_batch in (("grouped", 32), ("alone", 1)):
+    model = MaskedEncoder().eval()
+    example = {
+        "tokens": torch.randint(0, 1000, (3, 10)),
+        "mask": torch.ones(3, 10, dtype=torch.bool),
+    }
+    for name, max_batch, padding in (
+        ("alone", 1, None),
+        ("grouped", 32, None),
+        ("padded", 32, PaddingConfig(buckets=[16, 32, 64, 128])),
+    ):
+        batching = BatchingConfig(max_batch_size=max_batch)
         pack(
-            module,
+            model,
             example,
             name=name,
             repository=repo,
-            dynamic_dims={"src": {1: (1, 512)}},
+            dynamic_dims={"tokens": {1: (1, MAX_LENGTH)}, "mask": {1: (1, MAX_LENGTH)}},
             golden_examples=0,
-            config=ModelConfig(batching=BatchingConfig(max_batch_size=max_batch), device="cpu"),
+            config=ModelConfig(batching=batching, device="cpu", padding=padding),
         )
 
 
@@ -68,10 +105,11 @@ async def requests_per_s(
 ) -> tuple[float, float]:
     """(requests/s, mean requests per batch) of `callers` concurrent callers."""
     generator = torch.Generator().manual_seed(0)
-    inputs = [
-        {"src": torch.randn(1, lengths[i % len(lengths)], 32, generator=generator)}
-        for i in range(callers)
-    ]
+    inputs = []
+    for i in range(callers):
+        length = lengths[i % len(lengths)]
+        ids = torch.randint(0, 1000, (1, length), generator=generator)
+        inputs.append({"tokens": ids, "mask": torch.ones(1, length, dtype=torch.bool)})
     stop = time.perf_counter() + seconds
     counted = [0] * callers
 
@@ -92,35 +130,38 @@ async def requests_per_s(
 
 
 async def measure(args: argparse.Namespace, repo: Path) -> None:
-    lengths = [int(n) for n in args.lengths.split(",")]
-    middle = sorted(lengths)[len(lengths) // 2]
     registry = ModelRegistry(Repository(repo), device="cpu")
     await registry.load_all()
-    modes = [("alone", "alone", lengths), ("grouped", "grouped", lengths)]
-    modes.append(("uniform", "grouped", [middle]))
-    for _, model, mix in modes:  # unmeasured: first calls, thread pools, allocator
-        await requests_per_s(registry, model, mix, args.callers, 0.5)
-    runs: list[dict[str, tuple[float, float]]] = []
+    cases = [(mix, mode) for mix in MIXES for mode in MODES] + [("uniform 64", "by length")]
+
+    def lengths_of(mix: str) -> list[int]:
+        return MIXES.get(mix, [64])
+
+    for mix, mode in cases:  # unmeasured: first calls, thread pools, allocator
+        await requests_per_s(registry, MODES[mode], lengths_of(mix), args.callers, 0.5)
+    runs: list[dict[tuple[str, str], tuple[float, float]]] = []
     for _ in range(args.runs):
-        run: dict[str, tuple[float, float]] = {}
-        for label, model, mix in modes:
-            run[label] = await requests_per_s(registry, model, mix, args.callers, args.seconds)
-        runs.append(run)
+        runs.append(
+            {
+                (mix, mode): await requests_per_s(
+                    registry, MODES[mode], lengths_of(mix), args.callers, args.seconds
+                )
+                for mix, mode in cases
+            }
+        )
     await registry.close()
     print(
         f"torch {torch.__version__}; threads {torch.get_num_threads()}; {args.callers} callers; "
-        f"lengths {lengths}; {args.runs} runs of {args.seconds:g} s each, median"
+        f"{args.runs} runs of {args.seconds:g} s each, median; mixes: few {MIXES['few']}, "
+        f"many {len(MIXES['many'])} lengths 1-{MIXES['many'][-1]}"
     )
-    print(f"{'mode':>8} {'requests/s':>11} {'requests/batch':>15}")
-    for label in ("alone", "grouped", "uniform"):
-        rate = statistics.median(r[label][0] for r in runs)
-        per_batch = statistics.median(r[label][1] for r in runs)
-        print(f"{label:>8} {rate:>11,.0f} {per_batch:>15.1f}")
-    ratios = [r["grouped"][0] / r["alone"][0] for r in runs]
-    print(
-        f"grouped / alone: {statistics.median(ratios):.2f}x "
-        f"(per run: {' '.join(f'{x:.2f}' for x in ratios)})"
-    )
+    print(f"{'mix':>10} {'mode':>10} {'requests/s':>11} {'requests/batch':>15} {'vs alone':>9}")
+    for mix, mode in cases:
+        rate = statistics.median(r[(mix, mode)][0] for r in runs)
+        per_batch = statistics.median(r[(mix, mode)][1] for r in runs)
+        base = (mix, "alone") if mix in MIXES else ("few", "alone")
+        ratio = statistics.median(r[(mix, mode)][0] / r[base][0] for r in runs)
+        print(f"{mix:>10} {mode:>10} {rate:>11,.0f} {per_batch:>15.1f} {ratio:>8.2f}x")
 
 
 def main() -> None:
@@ -128,7 +169,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--callers", type=int, default=32)
-    parser.add_argument("--lengths", default="16,64,128", help="comma-separated lengths")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
