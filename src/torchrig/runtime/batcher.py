@@ -5,7 +5,9 @@ request waiting (up to `max_batch_size` rows) as soon as they are free: a reques
 finds the model idle runs at once, and those that arrive while a batch runs form the next
 one. A batch holds requests of one shape only (their sizes past the batch dimension, which
 differ for a model with a dynamic sequence length): it takes the oldest request's shape,
-and requests of other shapes keep their place for the next batches, so none starves.
+and requests of other shapes keep their place for the next batches, so none starves. A
+model that ignores padding (`padding`, torchrig.runtime.padding) has each request padded to
+a shape bucket as it queues, so the bucket is its shape, and its answer cut back after.
 `max_queue_delay_ms` (0 by default) lets the first request of a batch wait up to that
 long for company, an opt-in trade of latency for fuller batches. The inputs are
 concatenated once, the executor runs, the outputs are split back by rows and each future
