@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from pipeline_models import PIPELINE_TOML, build_repo, in_sequence, pack_head
 from torchrig.errors import InvalidInput, ModelNotReady, RepositoryError
+from torchrig.packaging.manifest import TensorSpec
 from torchrig.repository import Repository, parse_config
 from torchrig.runtime import ModelRegistry
 
@@ -145,3 +147,44 @@ def test_a_builtin_step_without_a_factory_is_named(tmp_path: Path) -> None:
         await registry.close()
 
     run(main())
+
+
+class Softmax:
+    """A built-in step as a `StepFactory` makes one: a signature and a call per request."""
+
+    label = "step softmax"
+    batching = True
+    max_batch_size = None
+
+    def __init__(self, width: int) -> None:
+        self.inputs = [TensorSpec(name="logits", datatype="FP32", shape=[-1, width])]
+        self.outputs = [TensorSpec(name="probabilities", datatype="FP32", shape=[-1, width])]
+
+    async def submit(self, inputs: dict[str, Any], *, timeout_s: float | None) -> dict[str, Any]:
+        return {"probabilities": torch.softmax(inputs["logits"], dim=-1)}
+
+
+def test_a_step_factory_supplies_builtin_steps(tmp_path: Path) -> None:
+    root = build_repo(tmp_path / "models")
+    text = PIPELINE_TOML.replace('outputs = ["scores"]', 'outputs = ["probabilities"]')
+    text += '\n[[pipeline.step]]\nstep = "softmax"\noptions = { width = 3 }\n'
+    text += 'input_map = { logits = "scores" }\n'
+    (root / "chain" / "config.toml").write_text(text)
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    def steps(kind: str, options: Mapping[str, Any]) -> Softmax:
+        made.append((kind, dict(options)))
+        return Softmax(int(options["width"]))
+
+    x = np.random.default_rng(5).standard_normal((2, 6)).astype(np.float32)
+
+    async def main() -> None:
+        registry = ModelRegistry(Repository(root), steps=steps)
+        await registry.load_all()
+        _, outputs = await registry.infer("chain", {"features": torch.from_numpy(x)})
+        expected = torch.softmax(torch.from_numpy(in_sequence(root, x)), dim=-1)
+        torch.testing.assert_close(outputs["probabilities"], expected)
+        await registry.close()
+
+    run(main())
+    assert made == [("softmax", {"width": 3})]  # made once, kept for every request
