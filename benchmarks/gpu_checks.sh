@@ -5,12 +5,13 @@
 # a failing step is reported and the next one runs. Output lands in $OUT (default ./out).
 #
 # Run from the repository root: `bash benchmarks/gpu_checks.sh [steps]`, steps a comma list
-# of tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline (default: all). torchrig must be importable
+# of tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline,pipelines
+# (default: all). torchrig must be importable
 # (`pip install -e .`, or PYTHONPATH=src with its dependencies installed).
 set -uo pipefail
 OUT="${OUT:-./out}"
 mkdir -p "$OUT"
-STEPS="${1:-tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline}"
+STEPS="${1:-tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline,pipelines}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 
@@ -48,3 +49,7 @@ step torchvision 180 "$PY" -m pytest -q -p no:cacheprovider \
 step image_pipeline 420 bash -c "$PY benchmarks/image_pipeline.py --device cuda --rounds 3 \
 --images 64 -c 16 && $PY -m pytest -q -p no:cacheprovider tests/server/test_image_pipeline.py \
 tests/server/test_text_pipeline.py tests/runtime/test_steps.py"
+# pipelines and Python handlers with their models on the GPU (device "auto" picks cuda:0):
+# tensors handed between members, a handler given cuda:0, answers equal the in-process models
+step pipelines 300 "$PY" -m pytest -q -p no:cacheprovider tests/server/test_pipeline.py \
+    tests/server/test_pipeline_images.py tests/server/test_handlers.py tests/runtime/test_pipeline.py
