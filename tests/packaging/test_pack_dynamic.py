@@ -73,6 +73,8 @@ def test_warm_up_covers_min_max_and_buckets_between(tmp_path: Path, env_lock: En
     # longer buckets only at batches of at most the elements of the largest shortest one
     assert shapes[1][1] == [1, 2, 4]
     assert shapes[-1][1] == [1]
+    # what decides whether its batches may run on the event loop: the most elements
+    assert runner.heaviest_warmup_shape() == (1, {("tokens", 1): 512})
     assert runner.example(3, {("tokens", 1): 7})["tokens"].shape == (3, 7)
     assert runner.example(2)["tokens"].shape == (2, 1)  # default: the minimum
     assert graphable(manifest.inputs, manifest.dynamic_dims)

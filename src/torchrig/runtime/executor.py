@@ -274,7 +274,7 @@ class Executor:
         processes on the machine take meanwhile (wall time on a busy machine is not)."""
         import time
 
-        example = self.example(max(self.warmup_sizes()))
+        example = self.example(*self.heaviest_warmup_shape())
         best = float("inf")
         for _ in range(5):
             started = time.thread_time()
@@ -330,6 +330,14 @@ class Executor:
             volume = math.prod(level.values())
             shapes.append((level, [r for r in sizes if r == 1 or r * volume <= budget]))
         return shapes
+
+    def heaviest_warmup_shape(self) -> tuple[int, DimSizes]:
+        """(rows, dynamic sizes) of the warm-up shape with the most elements: the largest
+        batch, or with dynamic dims possibly a long sequence at batch 1."""
+        return max(
+            ((r, level) for level, batch_sizes in self.warmup_shapes() for r in batch_sizes),
+            key=lambda shape: shape[0] * math.prod(shape[1].values()),
+        )
 
     def warm_up(self) -> None:
         """Run every warm-up shape once so the first real requests do not pay for it."""
