@@ -26,7 +26,8 @@ from torchrig.image.engine import find_engine
 
 # building an image takes minutes (the CUDA one's wheels are gigabytes): past the suite's
 # 300 s per test, each test here (and the build its fixture runs) has 40 minutes
-pytestmark = [pytest.mark.images, pytest.mark.timeout(2400)]
+# one worker builds and runs them all, in order: they share the serve image and the storage
+pytestmark = [pytest.mark.images, pytest.mark.timeout(2400), pytest.mark.xdist_group("images")]
 
 CPU_TORCH = torch.__version__.split("+", 1)[0]  # the image's torch is the tests' own release
 CUDA_TORCH = "2.14.1"

@@ -317,6 +317,7 @@ def test_bad_worker_counts_are_refused(
 
 
 SIGTERM_RUNS = 20
+SIGTERM_CHUNKS = 4  # separate tests, so parallel test workers share the 20 runs
 DRAIN_S = 5.0
 EXIT_MARGIN_S = 5.0
 
@@ -361,21 +362,22 @@ def _sigterm_under_load(serve: Server) -> tuple[float, float, list[tuple[float, 
     return exited, in_flight, [(started - signalled, outcome) for started, outcome in outcomes]
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("chunk", range(SIGTERM_CHUNKS))
 def test_every_sigterm_under_load_exits_within_the_drain_timeout(
-    server: Callable[..., Server], slow_repo: Path
+    server: Callable[..., Server], slow_repo: Path, chunk: int
 ) -> None:
-    """20 times: `serve --workers 2` under load, SIGTERM; it exits within the drain
-    timeout + 5 s (the pod's grace period holds it); every request in flight at the signal
-    is answered 200, and none hangs or fails otherwise. A request that arrives later is
-    answered 503 while draining, its connection refused once the listener is closed, or
-    reset when it lands in the listen queue as the workers close the listener (uvicorn
-    never reads those; in a pod the preStop sleep keeps new connections away by then).
-    The client's own clock cannot tell "just before" from "just after" the signal on a
-    busy machine, so the in-flight count, not a timestamp, names the accepted requests."""
+    """20 times (in 4 chunks of 5): `serve --workers 2` under load, SIGTERM; it exits within
+    the drain timeout + 5 s (the pod's grace period holds it); every request in flight at
+    the signal is answered 200, and none hangs or fails otherwise. A request that arrives
+    later is answered 503 while draining, its connection refused once the listener is
+    closed, or reset when it lands in the listen queue as the workers close the listener
+    (uvicorn never reads those; in a pod the preStop sleep keeps new connections away by
+    then). The client's own clock cannot tell "just before" from "just after" the signal on
+    a busy machine, so the in-flight count, not a timestamp, names the accepted requests."""
     args = ["--workers", "2", "--port", "0", "--grpc-port", "0", "--drain-timeout-s", "5"]
     exits = []
-    for run in range(SIGTERM_RUNS):
+    for run in range(chunk, SIGTERM_RUNS, SIGTERM_CHUNKS):
         serve = server(str(slow_repo), *args)
         exited, in_flight, outcomes = _sigterm_under_load(serve)
         exits.append(round(exited, 2))
