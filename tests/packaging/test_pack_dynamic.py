@@ -126,6 +126,8 @@ class FixedLength(nn.Module):  # type: ignore[misc]
         ({"src": {1: (0, 512)}}, "MIN 0 must be at least 1"),
         ({"src": {1: (20, 5)}}, "MIN 20 exceeds MAX 5"),
         ({"src": {1: (1, 5)}}, "the example has size 10 there, outside 1-5"),
+        ({"src": 1}, "dynamic_dims['src'] must map each dimension to (MIN, MAX)"),
+        ({"src": {1: 512}}, "the range must be (MIN, MAX) integers"),
         ({"src": {2: (1, 64)}}, None),  # fine: a second dimension is allowed
     ],
 )

@@ -36,6 +36,11 @@ def check_dynamic(
                 f"--dynamic {name}: the model has no input {name!r} (its inputs: "
                 f"{', '.join(names)}); use NAME:DIM[:MIN-MAX] with one of them."
             )
+        if not isinstance(dims, Mapping):
+            raise PackError(
+                f"dynamic_dims[{name!r}] must map each dimension to (MIN, MAX), e.g. "
+                f"{{{name!r}: {{1: (1, 512)}}}}; got a {type(dims).__name__}."
+            )
         shape = list(examples[name].shape)
         for dim, bounds in dims.items():
             what = f"--dynamic {name}:{dim}"
@@ -54,6 +59,16 @@ def check_dynamic(
                 raise PackError(
                     f"{what}: input {name!r} has {len(shape)} dimensions (example shape "
                     f"{shape}); DIM must be 1 to {len(shape) - 1}."
+                )
+            if bounds is not None and not (
+                isinstance(bounds, (tuple, list))
+                and len(bounds) == 2
+                and isinstance(bounds[0], int)
+                and (bounds[1] is None or isinstance(bounds[1], int))
+            ):
+                raise PackError(
+                    f"{what}: the range must be (MIN, MAX) integers (MAX may be None), or "
+                    f"None for 1 and up; got {bounds!r}."
                 )
             low, high = bounds if bounds is not None else (1, None)
             if low < 1:
