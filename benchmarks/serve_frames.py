@@ -133,6 +133,7 @@ def start(kind: str, repo: Path, port: int, log: Path) -> subprocess.Popen[bytes
     if kind == "torchrig":
         command = [sys.executable, "-m", "torchrig", "serve", str(repo), "--port", str(port)]
         command += ["--host", "127.0.0.1", "--log-format", "text"]
+        command += ["--grpc-port", "0"]  # gRPC on, as by default, on a free port
     else:
         command = [sys.executable, "-m", "uvicorn", "serve_frames:bare_app", "--port", str(port)]
         command += ["--host", "127.0.0.1", "--loop", "uvloop", "--http", "httptools"]
