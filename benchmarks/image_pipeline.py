@@ -10,15 +10,19 @@ softmax and top-5 with labels. The JPEGs are made here (640x480 photo-like frame
   batches them and runs the steps per batch in its worker thread.
 - loop (the baseline): the same work in a plain Python loop in this process: per image,
   PIL decode, resize, crop, normalise, the model on a batch of one, softmax, top-5.
+- loop batched (a second baseline, what batching alone gives): the same loop running the
+  model on --concurrency images at a time.
 
-Rounds alternate; the figures are medians over rounds; the ratio is server / loop. Both
-use the same torch thread count (--threads; the server's model gets it via config.toml).
+Rounds alternate; the figures are medians over rounds; the ratios are server / loop and
+server / loop batched. All use the same torch thread count (--threads; the server's model
+gets it via config.toml).
+CPU ms per image (the server process's, from /proc; the loop's own) is printed too: on a
+shared machine images/s follow the other load, CPU time per image much less.
 
 GPU variant (for the GPU check script): `python benchmarks/image_pipeline.py --device cuda`
 serves with device = "cuda": with torchvision importable, the JPEGs of a batch are decoded
 together by nvJPEG (`torchvision.io.decode_jpeg` on a list, on the GPU), resized and
-normalised there; the loop baseline still decodes with PIL and runs the model on the GPU
-one image at a time.
+normalised there; the loop baselines still decode with PIL and run the model on the GPU.
 
 Run: `python benchmarks/image_pipeline.py [--rounds 3] [--images 32] [-c 8]` (about 5 min
 on 2 cores with the defaults).
@@ -45,12 +49,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from bench_ceiling import cpu_seconds  # noqa: E402  (beside this script)
 from serve_compare import free_port, stop, wait_ready  # noqa: E402  (beside this script)
 
 from models_zoo import resnet50  # noqa: E402  (tests/models_zoo.py)
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
+MEAN_CHW = torch.tensor(MEAN).reshape(3, 1, 1)
+STD_CHW = torch.tensor(STD).reshape(3, 1, 1)
 
 
 def frame(seed: int, width: int = 640, height: int = 480) -> bytes:
@@ -70,7 +77,7 @@ def frame(seed: int, width: int = 640, height: int = 480) -> bytes:
     return buffer.getvalue()
 
 
-def build(repo: Path, args: argparse.Namespace) -> torch.nn.Module:
+def build(repo: Path, args: argparse.Namespace) -> None:
     from torchrig.packaging import pack
 
     torch.manual_seed(0)
@@ -94,26 +101,30 @@ def build(repo: Path, args: argparse.Namespace) -> torch.nn.Module:
         '[[postprocess]]\nstep = "softmax"\n\n'
         '[[postprocess]]\nstep = "top_k"\nk = 5\ninto = "classes"\n'
     )
-    return module
 
 
-def loop(module: torch.nn.Module, images: list[bytes], args: argparse.Namespace) -> float:
-    """Images/s of the plain loop: PIL steps, then the model on one image at a time."""
+def prepare(data: bytes, args: argparse.Namespace) -> torch.Tensor:
+    """The PIL steps of one image, as a loop would write them: CHW FP32, normalised."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    width, height = image.size
+    scale = args.resize / min(width, height)
+    image = image.resize((int(width * scale), int(height * scale)), Image.Resampling.BILINEAR)
+    left, top = (image.width - args.side) // 2, (image.height - args.side) // 2
+    image = image.crop((left, top, left + args.side, top + args.side))
+    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
+    return (x - MEAN_CHW) / STD_CHW
+
+
+def loop(
+    module: torch.nn.Module, images: list[bytes], args: argparse.Namespace, batch: int = 1
+) -> float:
+    """Images/s of a plain loop: the PIL steps, then the model on `batch` images at a time."""
     device = torch.device(args.device)
-    mean = torch.tensor(MEAN).reshape(3, 1, 1)
-    std = torch.tensor(STD).reshape(3, 1, 1)
     started = time.perf_counter()
-    for data in images:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        width, height = image.size
-        scale = args.resize / min(width, height)
-        image = image.resize((int(width * scale), int(height * scale)), Image.Resampling.BILINEAR)
-        left, top = (image.width - args.side) // 2, (image.height - args.side) // 2
-        image = image.crop((left, top, left + args.side, top + args.side))
-        x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
-        x = ((x - mean) / std)[None].to(device)
+    for start in range(0, len(images), batch):
+        x = torch.stack([prepare(data, args) for data in images[start : start + batch]])
         with torch.inference_mode():
-            probabilities = torch.softmax(module(x), dim=1)
+            probabilities = torch.softmax(module(x.to(device)), dim=1)
             torch.topk(probabilities, 5, dim=1)
         probabilities.cpu()
     return len(images) / (time.perf_counter() - started)
@@ -156,7 +167,11 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
-        module = build(repo, args).to(args.device)
+        build(repo, args)
+        # the loops run the very program the server serves (torch.export's), not the eager
+        # module, so that only the serving differs
+        module = torch.export.load(str(repo / "resnet50" / "1" / "model.pt2")).module()
+        module = module.to(args.device)
         port = free_port()
         log = Path(tmp) / "serve.log"
         command = [sys.executable, "-m", "torchrig", "serve", str(repo), "--port", str(port)]
@@ -171,17 +186,37 @@ def main() -> None:
             url = f"127.0.0.1:{port}"
             through_server(url, images[: args.concurrency * 2], args.concurrency)  # warm
             loop(module, images[:2], args)
-            served, looped = [], []
+            loop(module, images[: args.concurrency], args, args.concurrency)
+            rates: dict[str, list[float]] = {"server": [], "loop": [], "loop batched": []}
+            cpu: dict[str, list[float]] = {name: [] for name in rates}
             for number in range(1, args.rounds + 1):
-                served.append(through_server(url, images, args.concurrency))
-                looped.append(loop(module, images, args))
-                print(f"round {number}: server {served[-1]:.1f} img/s, loop {looped[-1]:.1f} img/s")
+                before = cpu_seconds([server.pid])
+                rates["server"].append(through_server(url, images, args.concurrency))
+                cpu["server"].append((cpu_seconds([server.pid]) - before) * 1000 / len(images))
+                for name, batch in (("loop", 1), ("loop batched", args.concurrency)):
+                    before = time.process_time()
+                    rates[name].append(loop(module, images, args, batch))
+                    cpu[name].append((time.process_time() - before) * 1000 / len(images))
+                print(
+                    f"round {number}: "
+                    + ", ".join(
+                        f"{name} {rates[name][-1]:.1f} img/s ({cpu[name][-1]:.0f} CPU ms/img)"
+                        for name in rates
+                    )
+                )
         finally:
             stop(server)
-    server_rate, loop_rate = statistics.median(served), statistics.median(looped)
+    median = {name: statistics.median(values) for name, values in rates.items()}
     print(
-        f"median of {args.rounds}: server {server_rate:.1f} img/s, loop {loop_rate:.1f} img/s, "
-        f"ratio server/loop {server_rate / loop_rate:.2f}"
+        f"median of {args.rounds}: "
+        + ", ".join(
+            f"{name} {median[name]:.1f} img/s ({statistics.median(cpu[name]):.0f} CPU ms/img)"
+            for name in rates
+        )
+    )
+    print(
+        f"ratio server/loop {median['server'] / median['loop']:.2f}, server/loop batched "
+        f"{median['server'] / median['loop batched']:.2f}"
     )
 
 
