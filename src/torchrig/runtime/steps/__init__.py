@@ -101,12 +101,13 @@ def load_steps(
     config: ModelConfig, manifest: Manifest, version_dir: Path, executor: Any
 ) -> Steps | None:
     """Bind the config's steps to a loaded executor and run them once on a generated
-    example, so that a pipeline that cannot work fails the load, not the first request."""
+    example batch, so that steps that cannot work fail the load, not the first request."""
     steps = bind_steps(config, manifest, version_dir, executor.device)
     if steps is None:
         return None
+    engine = WithSteps(executor, steps)
     try:
-        WithSteps(executor, steps).infer(WithSteps(executor, steps).example(2))
+        engine.infer(engine.example(min(2, manifest.max_batch_size or 2)))
     except Exception as exc:
         raise ArtifactError(
             f"{manifest.name} version {manifest.version}: its config.toml steps fail on a "
