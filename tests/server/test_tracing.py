@@ -133,6 +133,19 @@ def test_malformed_traceparent_starts_a_trace(value: str) -> None:
     assert context.trace_id != TRACE
 
 
+def test_new_trace_and_span_ids_are_well_formed_and_distinct() -> None:
+    contexts = [TraceContext.from_headers({}) for _ in range(200)]
+    for context in contexts:
+        assert re.fullmatch(r"[0-9a-f]{32}", context.trace_id)
+        assert re.fullmatch(r"[0-9a-f]{16}", context.span_id)
+        assert context.parent_id is None
+        # a caller continuing this server's span is read back exactly
+        again = TraceContext.from_headers({"traceparent": context.traceparent()})
+        assert (again.trace_id, again.parent_id) == (context.trace_id, context.span_id)
+    assert len({c.trace_id for c in contexts}) == len(contexts)
+    assert len({c.span_id for c in contexts}) == len(contexts)
+
+
 def test_a_future_version_is_read_for_what_it_shares() -> None:
     context = TraceContext.from_headers({"traceparent": f"01-{TRACE}-{PARENT}-00-more"})
     assert (context.trace_id, context.parent_id, context.flags) == (TRACE, PARENT, 0)
