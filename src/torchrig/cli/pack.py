@@ -251,6 +251,11 @@ def pack(
         "labels": dict(read_labels(text) for text in label_files) or None,
     }
     if dynamic:
+        if handler is not None:
+            raise UsageError(
+                "--dynamic is for programs (MODULE:FACTORY or --torchscript); a --handler "
+                "cannot declare dynamic dimensions yet."
+            )
         common["dynamic_dims"] = parse_dynamic(dynamic)
     if extra_files:
         common["files"] = list(extra_files)
