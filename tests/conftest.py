@@ -21,3 +21,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
         return max(int(wanted), 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min((cores or 1) + 1, 8)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (the built-image group, then `long`), so that no worker
+    starts a several-minute test when the others are about to finish."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("images"):
+            return 0
+        return 1 if item.get_closest_marker("long") else 2
+
+    items.sort(key=rank)
