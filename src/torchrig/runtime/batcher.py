@@ -39,14 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from torchrig.errors import (
     DeadlineExceeded,
@@ -58,6 +56,20 @@ from torchrig.errors import (
     TorchrigError,
 )
 from torchrig.repository.config import BatchingConfig
+from torchrig.runtime.batch_requests import (
+    BatcherStats,
+    BatchExecutor,
+    BatchObserver,
+    BatchRecord,
+    DeviceFaultHandler,
+    Outcome,
+    QueuedRequest,
+    Tensors,
+    half_by_rows,
+    resolve,
+    resolve_all,
+    shape_key,
+)
 from torchrig.runtime.faults import free_cached_memory, is_out_of_memory, poisons_device
 from torchrig.runtime.rows import concat_rows, describe_inputs
 from torchrig.runtime.threads import use_intra_op_threads
@@ -65,73 +77,21 @@ from torchrig.runtime.threads import use_intra_op_threads
 if TYPE_CHECKING:
     from torchrig.runtime.padding import Padding
 
-Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
-
-__all__ = ["BatchRecord", "Batcher", "BatcherStats", "concat_rows"]
+__all__ = [
+    "BatchExecutor",
+    "BatchObserver",
+    "BatchRecord",
+    "Batcher",
+    "BatcherStats",
+    "DeviceFaultHandler",
+    "Tensors",
+    "concat_rows",
+]
 
 log = logging.getLogger(__name__)
 
 # an inline batch that takes this many times `inline_max_ms` moves its model to a thread
 INLINE_DEMOTE_FACTOR = 20.0
-
-
-class BatchExecutor(Protocol):
-    """What the batcher drives: one call per batch, inputs and outputs by name."""
-
-    def infer(self, inputs: Mapping[str, Any]) -> Tensors: ...
-
-
-@dataclass
-class _Request:
-    inputs: Mapping[str, Any]
-    rows: int
-    future: asyncio.Future[Tensors]
-    loop: asyncio.AbstractEventLoop
-    enqueued: float  # time.monotonic()
-    deadline: float | None  # time.monotonic() or None
-    # the inputs' sizes past the batch dimension: only requests of one shape form a batch
-    shape_key: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    crop: Callable[[Tensors], Tensors] | None = None  # cuts a padded request's outputs back
-
-
-# a request and what it gets: its outputs, or the error of its batch
-Outcome = tuple[_Request, "Tensors | None", "BaseException | None"]
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    """What one batch did, handed to the batcher's observer (metrics) after it ran."""
-
-    rows: int
-    requests: int
-    queue_waits_s: list[float]  # per request: batch start - enqueued (monotonic)
-    compute_s: float  # the executor call, concatenation included
-    failed: bool
-
-
-BatchObserver = Callable[[BatchRecord], None]
-DeviceFaultHandler = Callable[[BaseException], None]
-
-
-@dataclass
-class BatcherStats:
-    """Counters a test or a metrics exporter can read (copied under the lock)."""
-
-    batches: int = 0
-    rows: int = 0
-    requests: int = 0
-    failed_batches: int = 0
-    expired: int = 0
-    cancelled: int = 0
-    rejected: int = 0
-    oom_splits: int = 0  # batches (or requests) split in halves after out of memory
-    oom_failures: int = 0  # requests failed because one row did not fit
-    device_faults: int = 0  # batches that failed with an error poisoning the device
-    isolation_splits: int = 0  # failed batches split in halves to find the failing requests
-    rejected_inputs: int = 0  # requests the model failed on while it answered others
-    model_faults: int = 0  # requests failed because the model failed on everything
-    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
-    queue_depth: int = 0
 
 
 class Batcher:
@@ -172,7 +132,7 @@ class Batcher:
         # join a batch's requests in pinned host memory (for a CUDA executor, which then
         # copies it to the device without staging it again)
         self.pin_batches = pin_batches
-        self._queue: collections.deque[_Request] = collections.deque()
+        self._queue: collections.deque[QueuedRequest] = collections.deque()
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -210,14 +170,14 @@ class Batcher:
         if self.padding is not None and self.batching:
             inputs, crop = self.padding.apply(inputs)
         now = time.monotonic()
-        request = _Request(
+        request = QueuedRequest(
             inputs=inputs,
             rows=rows,
             future=loop.create_future(),
             loop=loop,
             enqueued=now,
             deadline=None if timeout_s is None else now + timeout_s,
-            shape_key=_shape_key(inputs) if self.batching else (),
+            shape_key=shape_key(inputs) if self.batching else (),
             crop=crop,
         )
         with self._cond:
@@ -271,7 +231,7 @@ class Batcher:
             self._queue.clear()
             self._queued_rows = 0
         for request in leftover:
-            _resolve(request, error=QueueFull(f"model {self.name} was unloaded"))
+            resolve(request, error=QueueFull(f"model {self.name} was unloaded"))
 
     # ---- inline: batches on the event loop -------------------------------------------------
 
@@ -301,7 +261,7 @@ class Batcher:
         waits (a later iteration, so the loop serves its sockets in between)."""
         with self._cond:
             self._scheduled = None
-            batch: list[_Request] = []
+            batch: list[QueuedRequest] = []
             self._gather(batch, 0)
             self._running_inline = True
         try:
@@ -316,7 +276,7 @@ class Batcher:
         except Exception as exc:  # a loop callback: its requests must still be answered
             log.exception("model %s: an inline batch failed", self.name)
             error = InferenceFailed(f"model {self.name}: {type(exc).__name__}: {exc}")
-            _resolve_all([(r, None, error) for r in batch])
+            resolve_all([(r, None, error) for r in batch])
         finally:
             with self._cond:
                 self._running_inline = False
@@ -366,7 +326,7 @@ class Batcher:
                 self._scheduled = None
         while time.monotonic() < deadline:
             with self._cond:
-                batch: list[_Request] = []
+                batch: list[QueuedRequest] = []
                 self._gather(batch, 0)
                 if not batch and not self._queue:
                     return
@@ -375,14 +335,14 @@ class Batcher:
 
     # ---- the worker side -----------------------------------------------------------------
 
-    def _take_batch(self) -> list[_Request] | None:
+    def _take_batch(self) -> list[QueuedRequest] | None:
         """Block until a batch is ready; None when stopping with nothing queued."""
         with self._cond:
             while not self._queue:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            batch: list[_Request] = []
+            batch: list[QueuedRequest] = []
             rows = 0
             first = self._queue[0].enqueued
             while True:
@@ -393,13 +353,13 @@ class Batcher:
                 self._cond.wait(remaining)
             return batch
 
-    def _gather(self, batch: list[_Request], rows: int) -> tuple[int, bool]:
+    def _gather(self, batch: list[QueuedRequest], rows: int) -> tuple[int, bool]:
         """Move queued requests of the batch's shape into it while they fit (lock held);
         return its rows and whether it is full. The batch takes the shape of its first
         request, the oldest waiting; requests of other shapes keep their place in the queue,
         so each shape's oldest request leads a batch in turn and no shape starves."""
         key = batch[0].shape_key if batch else None
-        others: list[_Request] = []  # other shapes, in arrival order
+        others: list[QueuedRequest] = []  # other shapes, in arrival order
         full = False
         while self._queue:
             head = self._queue.popleft()
@@ -422,14 +382,14 @@ class Batcher:
         self._queue.extendleft(reversed(others))
         return rows, full
 
-    def _skip(self, request: _Request) -> bool:
+    def _skip(self, request: QueuedRequest) -> bool:
         """Drop a request whose caller left or whose deadline passed (lock held)."""
         if request.future.cancelled():
             self._stats.cancelled += 1
             return True
         if request.deadline is not None and time.monotonic() > request.deadline:
             self._stats.expired += 1
-            _resolve(
+            resolve(
                 request,
                 error=DeadlineExceeded(
                     f"model {self.name}: the request's deadline passed while it waited in the queue"
@@ -448,7 +408,7 @@ class Batcher:
             if batch:
                 self._run(batch)
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[QueuedRequest]) -> None:
         started = time.monotonic()
         rows = sum(r.rows for r in batch)
         outcomes = [
@@ -457,10 +417,10 @@ class Batcher:
         ]
         failed = any(error is not None for _, _, error in outcomes)
         elapsed = self._count(rows, len(batch), started, failed=failed)
-        _resolve_all(outcomes)
+        resolve_all(outcomes)
         self._observe(batch, rows, started, elapsed, failed=failed)
 
-    def _execute(self, batch: list[_Request]) -> list[Outcome]:
+    def _execute(self, batch: list[QueuedRequest]) -> list[Outcome]:
         """Run a batch; a failure splits it by requests (never raises). A single request
         that fails keeps its raw exception, which `_judge` then names."""
         if len(batch) == 1:
@@ -481,7 +441,7 @@ class Batcher:
             else:
                 with self._cond:
                     self._stats.isolation_splits += 1
-            cut = _half_by_rows(batch)
+            cut = half_by_rows(batch)
             return self._execute(batch[:cut]) + self._execute(batch[cut:])
         outcomes: list[Outcome] = []
         offset = 0
@@ -564,7 +524,7 @@ class Batcher:
             requests,
         )
 
-    def _failed(self, batch: list[_Request], exc: Exception) -> list[Outcome]:
+    def _failed(self, batch: list[QueuedRequest], exc: Exception) -> list[Outcome]:
         """Every request of a failed batch gets the error: named here for out of memory
         and a poisoned device, raw otherwise (for `_judge`)."""
         rows = sum(r.rows for r in batch)
@@ -593,7 +553,7 @@ class Batcher:
         return [(r, None, error) for r in batch]
 
     def _observe(
-        self, batch: list[_Request], rows: int, started: float, elapsed: float, *, failed: bool
+        self, batch: list[QueuedRequest], rows: int, started: float, elapsed: float, *, failed: bool
     ) -> None:
         """Tell the observer, after the callers were answered; its faults are only logged."""
         if self.observer is None:
@@ -624,56 +584,3 @@ class Batcher:
                 elapsed if not self._batch_time_s else (0.9 * self._batch_time_s + 0.1 * elapsed)
             )
         return elapsed
-
-
-def _shape_key(inputs: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """Each input's sizes past the batch dimension, by name: requests with equal keys can
-    be concatenated along the batch (different sequence lengths cannot)."""
-    return tuple(
-        sorted((name, tuple(getattr(value, "shape", ())[1:])) for name, value in inputs.items())
-    )
-
-
-def _half_by_rows(batch: list[_Request]) -> int:
-    """Where to cut a batch of >= 2 requests so that each part has about half the rows."""
-    total = sum(r.rows for r in batch)
-    seen = 0
-    for index, request in enumerate(batch[:-1]):
-        seen += request.rows
-        if seen * 2 >= total:
-            return index + 1
-    return len(batch) - 1
-
-
-def _apply(outcomes: list[Outcome]) -> None:
-    """On the event loop: settle each future that is still waiting."""
-    for request, result, error in outcomes:
-        if request.future.done():
-            continue
-        if error is not None:
-            request.future.set_exception(error)
-        else:
-            request.future.set_result(result or {})
-
-
-def _resolve_all(outcomes: list[Outcome]) -> None:
-    """Hand a batch's outcomes to their loops: one wake-up per loop, not one per request."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-    for outcome in outcomes:
-        by_loop.setdefault(outcome[0].loop, []).append(outcome)
-    try:
-        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:  # a worker thread
-        here = None
-    for loop, items in by_loop.items():
-        if loop is here:  # an inline batch: settle them now, no wake-up needed
-            _apply(items)
-            continue
-        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
-            loop.call_soon_threadsafe(_apply, items)
-
-
-def _resolve(
-    request: _Request, *, result: Tensors | None = None, error: BaseException | None = None
-) -> None:
-    _resolve_all([(request, result, error)])
