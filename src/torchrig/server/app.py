@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,19 @@ from torchrig import __version__
 from torchrig.errors import InvalidInput, PayloadTooLarge, QueueFull, TorchrigError, Unauthorized
 from torchrig.protocol.shared_memory import ShmReader
 from torchrig.runtime import ModelRegistry
+from torchrig.server.asgi_io import (
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    header_length,
+    health_body,
+    naming_worker,
+    outcome_label,
+    respond,
+    strict_decimal,
+    unless_disconnected,
+)
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
 from torchrig.server.otel import RequestMarks, SpanRecorder
@@ -40,10 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("torchrig.server")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -55,9 +64,6 @@ EXTENSIONS = [
 ]
 OFF_LOOP_BYTES = 256 * 1024  # JSON parts from this size on are decoded in a thread
 LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
-WATCH_AFTER_S = 0.005  # a request still queued after this starts watching for disconnects
-_DECIMAL = re.compile(r"[0-9]{1,19}")
-JSON = "application/json"
 MODEL = r"(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 REGION = r"(?P<region>[^/]+)"
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
@@ -135,7 +141,7 @@ class V2App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if self._worker is not None:
-                send = _naming_worker(send, self._worker)
+                send = naming_worker(send, self._worker)
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -176,7 +182,7 @@ class V2App:
         try:
             check_model_path(scope)
         except InvalidInput as exc:
-            await _respond(send, exc.status_code, _error(exc.message))
+            await respond(send, exc.status_code, error_body(exc.message))
             return
         handler, params, allowed = None, {}, []
         for verb, pattern, name in ROUTES:
@@ -188,14 +194,14 @@ class V2App:
                 allowed.append(verb)
         if handler is None:
             if allowed:
-                await _respond(
+                await respond(
                     send,
                     405,
-                    _error(f"{method} is not allowed on {path}; use {' or '.join(allowed)}"),
+                    error_body(f"{method} is not allowed on {path}; use {' or '.join(allowed)}"),
                     {"allow": ", ".join(allowed)},
                 )
             else:
-                await _respond(send, 404, _error(f"no endpoint {path}; see GET /v2"))
+                await respond(send, 404, error_body(f"no endpoint {path}; see GET /v2"))
             return
         if handler == "infer":
             await self._infer(scope, receive, send, params)
@@ -203,24 +209,32 @@ class V2App:
         try:
             status, body, headers = await getattr(self, "_" + handler)(params, scope, receive)
         except TorchrigError as exc:
-            status, body, headers = exc.status_code, _error(exc.message), {}
+            status, body, headers = exc.status_code, error_body(exc.message), {}
             if isinstance(exc, Unauthorized):
                 headers = {"www-authenticate": 'Bearer realm="torchrig"'}
         except Exception:  # request boundary: a V2 error body, never uvicorn's plain text
             log.exception("internal error on %s %s", method, path)
-            status, body, headers = 500, _error("internal error; the server log has details"), {}
-        await _respond(send, status, body, headers)
+            status, body, headers = (
+                500,
+                error_body("internal error; the server log has details"),
+                {},
+            )
+        await respond(send, status, body, headers)
 
     async def _live(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
         fault = self.state.registry.device_fault
         if fault is not None:  # only a new process cures a poisoned CUDA context
-            return 503, _health("live", f"the device context is poisoned ({fault}); restart me"), {}
+            return (
+                503,
+                health_body("live", f"the device context is poisoned ({fault}); restart me"),
+                {},
+            )
         return 200, b'{"live":true}', {}
 
     async def _ready(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
         if self.state.ready():
             return 200, b'{"ready":true}', {}
-        return 503, _health("ready", self._not_ready_reason()), {}
+        return 503, health_body("ready", self._not_ready_reason()), {}
 
     def _not_ready_reason(self) -> str:
         state = self.state
@@ -261,9 +275,9 @@ class V2App:
         self, params: dict[str, str], *_: Any
     ) -> tuple[int, bytes, dict[str, str]]:
         if self.state.shutting_down:
-            return 503, _health("ready", "the server is shutting down", params["model"]), {}
+            return 503, health_body("ready", "the server is shutting down", params["model"]), {}
         self.state.registry.resolve(params["model"], params.get("version"))  # raises 404/503
-        return 200, _health("ready", None, params["model"]), {}
+        return 200, health_body("ready", None, params["model"]), {}
 
     async def _model_config(
         self, params: dict[str, str], *_: Any
@@ -363,7 +377,7 @@ class V2App:
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
                 timeout = min(max(request.timeout_s, 0.0), state.settings.max_request_timeout_s)
-            outputs = await _unless_disconnected(
+            outputs = await unless_disconnected(
                 state.registry.submit(served, request.inputs, timeout_s=timeout), receive
             )
             if outputs is None:  # the client went away: nobody to answer
@@ -387,14 +401,14 @@ class V2App:
             outcome = "success"
             status, response_bytes = 200, len(payload)
             marks.append(time.time_ns())
-            await _respond(send, 200, payload, extra_headers, content_type=None)
+            await respond(send, 200, payload, extra_headers, content_type=None)
         except TorchrigError as exc:
-            outcome = _outcome(exc.status_code)
+            outcome = outcome_label(exc.status_code)
             if isinstance(exc, QueueFull):
                 extra_headers["retry-after"] = str(int(exc.retry_after_s))
-            body = _error(exc.message)
+            body = error_body(exc.message)
             status, response_bytes = exc.status_code, len(body)
-            await _respond(send, exc.status_code, body, extra_headers)
+            await respond(send, exc.status_code, body, extra_headers)
             if exc.status_code >= 500:
                 log.warning(
                     "request failed: %s",
@@ -418,10 +432,12 @@ class V2App:
                     "status": 500,
                 },
             )
-            await _respond(
+            await respond(
                 send,
                 500,
-                _error(f"internal error (request id {request_id}); the server log has the details"),
+                error_body(
+                    f"internal error (request id {request_id}); the server log has the details"
+                ),
                 extra_headers,
             )
         finally:
@@ -492,7 +508,7 @@ class V2App:
         length = headers.get("inference-header-content-length")
         header_length = None
         if length is not None:
-            header_length = _decimal(length, "Inference-Header-Content-Length")
+            header_length = strict_decimal(length, "Inference-Header-Content-Length")
         declared = partial(
             check_declared,
             f"{model}/{served.version}",
@@ -530,14 +546,14 @@ class V2App:
         declared = headers.get("content-length")
         into: BodyBuffer | None = None
         if declared is not None:
-            size = _decimal(declared, "Content-Length")
+            size = strict_decimal(declared, "Content-Length")
             if size > self.max_body:
                 raise PayloadTooLarge(
                     f"request body of {size} bytes exceeds the limit of {self.max_body} bytes "
                     "(serve --max-body-mb)"
                 )
             if size >= 0:
-                into = BodyBuffer(size, _header_length(headers))
+                into = BodyBuffer(size, header_length(headers))
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -559,122 +575,3 @@ class V2App:
         if into is not None:
             return into.body()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _header_length(headers: dict[str, str]) -> int | None:
-    """Inference-Header-Content-Length when it is a usable integer (the decoder reports a
-    bad one; here it only places the body buffer)."""
-    length = headers.get("inference-header-content-length")
-    if length is None or not _DECIMAL.fullmatch(length):
-        return None
-    return int(length)
-
-
-def _decimal(value: str, header: str) -> int:
-    """A header's non-negative integer, strictly: ASCII digits only (int() would also take
-    " 1", "+1", "1_0" and superscript or other Unicode digits)."""
-    if not _DECIMAL.fullmatch(value):
-        raise InvalidInput(f"{header} {value!r} is not a non-negative integer in ASCII digits")
-    return int(value)
-
-
-async def _unless_disconnected(
-    task: asyncio.Future[dict[str, Any]], receive: Receive
-) -> dict[str, Any] | None:
-    """Await a queued request's future, or cancel it (None) if the client disconnects
-    first (the body was read: the next ASGI message can only be http.disconnect).
-
-    Most requests are answered within milliseconds, so the disconnect watcher (a task
-    reading the next ASGI message) starts only if this one is still waiting after
-    `WATCH_AFTER_S`: a task and an `asyncio.wait` per request cost more than the rest of
-    the event loop's share of a small request."""
-    loop = asyncio.get_running_loop()
-    gone = False
-    watcher: asyncio.Future[Any] | None = None
-
-    def on_message(message: asyncio.Future[Any]) -> None:
-        nonlocal gone
-        if message.cancelled() or message.exception() is not None:
-            return
-        if message.result().get("type") == "http.disconnect" and not task.done():
-            gone = True
-            task.cancel()
-
-    def watch() -> None:
-        nonlocal watcher
-        if not task.done():
-            watcher = asyncio.ensure_future(receive())
-            watcher.add_done_callback(on_message)
-
-    timer = loop.call_later(WATCH_AFTER_S, watch)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if not gone:
-            raise  # this handler itself was cancelled: the future went with it
-        log.debug("client went away: its request is dropped")
-        return None
-    finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
-
-
-def _naming_worker(send: Send, pid: bytes) -> Send:
-    """`send` that adds the header `torchrig-worker: <pid>` to the response start."""
-
-    async def tagged(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message["headers"], (b"torchrig-worker", pid)]
-        await send(message)
-
-    return tagged
-
-
-def _outcome(status: int) -> str:
-    if status == 404:
-        return "not_found"
-    if status == 503:
-        return "unavailable"
-    if status == 504:
-        return "timeout"
-    if 400 <= status < 500:
-        return "bad_request"
-    return "error"
-
-
-def _health(key: str, error: str | None, name: str | None = None) -> bytes:
-    """A health body every V2 client reads: `{"live"|"ready": bool}` (KServe's clients read
-    the flag, Triton's the status), the model's name on model ready, the reason when false."""
-    import msgspec
-
-    body: dict[str, Any] = {} if name is None else {"name": name}
-    body[key] = error is None
-    if error is not None:
-        body["error"] = error
-    return msgspec.json.encode(body)
-
-
-def _error(message: str) -> bytes:
-    import msgspec
-
-    return msgspec.json.encode({"error": message})
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    headers: dict[str, str] | None = None,
-    *,
-    content_type: str | None = JSON,
-) -> None:
-    raw: list[tuple[bytes, bytes]] = []
-    given = {k.lower(): v for k, v in (headers or {}).items()}
-    if content_type is not None and "content-type" not in given:
-        given["content-type"] = content_type
-    given["content-length"] = str(len(body))
-    for key, value in given.items():
-        raw.append((key.encode("latin-1"), value.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})

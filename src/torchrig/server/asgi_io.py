@@ -1,0 +1,142 @@
+"""The ASGI side of the REST server: message types, strict header numbers, the V2 error
+and health bodies, sending a response, and dropping a queued request whose client left."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from torchrig.errors import InvalidInput
+
+log = logging.getLogger("torchrig.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+WATCH_AFTER_S = 0.005  # a request still queued after this starts watching for disconnects
+JSON = "application/json"
+_DECIMAL = re.compile(r"[0-9]{1,19}")
+
+
+def header_length(headers: dict[str, str]) -> int | None:
+    """Inference-Header-Content-Length when it is a usable integer (the decoder reports a
+    bad one; here it only places the body buffer)."""
+    length = headers.get("inference-header-content-length")
+    if length is None or not _DECIMAL.fullmatch(length):
+        return None
+    return int(length)
+
+
+def strict_decimal(value: str, header: str) -> int:
+    """A header's non-negative integer, strictly: ASCII digits only (int() would also take
+    " 1", "+1", "1_0" and superscript or other Unicode digits)."""
+    if not _DECIMAL.fullmatch(value):
+        raise InvalidInput(f"{header} {value!r} is not a non-negative integer in ASCII digits")
+    return int(value)
+
+
+async def unless_disconnected(
+    task: asyncio.Future[dict[str, Any]], receive: Receive
+) -> dict[str, Any] | None:
+    """Await a queued request's future, or cancel it (None) if the client disconnects
+    first (the body was read: the next ASGI message can only be http.disconnect).
+
+    Most requests are answered within milliseconds, so the disconnect watcher (a task
+    reading the next ASGI message) starts only if this one is still waiting after
+    `WATCH_AFTER_S`: a task and an `asyncio.wait` per request cost more than the rest of
+    the event loop's share of a small request."""
+    loop = asyncio.get_running_loop()
+    gone = False
+    watcher: asyncio.Future[Any] | None = None
+
+    def on_message(message: asyncio.Future[Any]) -> None:
+        nonlocal gone
+        if message.cancelled() or message.exception() is not None:
+            return
+        if message.result().get("type") == "http.disconnect" and not task.done():
+            gone = True
+            task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        if not task.done():
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(on_message)
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # this handler itself was cancelled: the future went with it
+        log.debug("client went away: its request is dropped")
+        return None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+
+
+def naming_worker(send: Send, pid: bytes) -> Send:
+    """`send` that adds the header `torchrig-worker: <pid>` to the response start."""
+
+    async def tagged(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message["headers"], (b"torchrig-worker", pid)]
+        await send(message)
+
+    return tagged
+
+
+def outcome_label(status: int) -> str:
+    if status == 404:
+        return "not_found"
+    if status == 503:
+        return "unavailable"
+    if status == 504:
+        return "timeout"
+    if 400 <= status < 500:
+        return "bad_request"
+    return "error"
+
+
+def health_body(key: str, error: str | None, name: str | None = None) -> bytes:
+    """A health body every V2 client reads: `{"live"|"ready": bool}` (KServe's clients read
+    the flag, Triton's the status), the model's name on model ready, the reason when false."""
+    import msgspec
+
+    body: dict[str, Any] = {} if name is None else {"name": name}
+    body[key] = error is None
+    if error is not None:
+        body["error"] = error
+    return msgspec.json.encode(body)
+
+
+def error_body(message: str) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode({"error": message})
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    content_type: str | None = JSON,
+) -> None:
+    raw: list[tuple[bytes, bytes]] = []
+    given = {k.lower(): v for k, v in (headers or {}).items()}
+    if content_type is not None and "content-type" not in given:
+        given["content-type"] = content_type
+    given["content-length"] = str(len(body))
+    for key, value in given.items():
+        raw.append((key.encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
