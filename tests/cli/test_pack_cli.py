@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from cli_runs import torchrig_pack
 from torchrig.packaging import read_manifest
 
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", "pack", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=240,
-        check=False,
-    )
+run = torchrig_pack
 
 
 USER_MODELS = textwrap.dedent(

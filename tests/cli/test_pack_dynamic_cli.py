@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from cli_runs import torchrig_pack
+
 
 def pack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", "pack", "torchrig.demo:encoder", "--name", "encoder",
-         "--repository", "repo", "--golden-examples", "1", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=240, check=False,
-    )  # fmt: skip
+    return torchrig_pack("torchrig.demo:encoder", "--name", "encoder", "--repository", "repo",
+                         "--golden-examples", "1", *args, cwd=cwd)  # fmt: skip
 
 
 def test_the_length_becomes_minus_one_with_its_range(tmp_path: Path) -> None:

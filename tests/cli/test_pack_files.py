@@ -4,11 +4,10 @@ in a real process."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+from cli_runs import torchrig_pack
 from torchrig.packaging import read_manifest
 from torchrig.packaging.files import sha256_of
 
@@ -16,12 +15,8 @@ FACTORY = "import torch\n\n\ndef make():\n    return torch.nn.Linear(3, 2), (tor
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", "pack", "files_factory:make", "--name", "t",
-         "--repository", "models", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=240, check=False,
-    )  # fmt: skip
+    return torchrig_pack("files_factory:make", "--name", "t", "--repository", "models", *args,
+                         cwd=cwd)  # fmt: skip
 
 
 def test_file_is_packed_and_listed_with_its_checksum(tmp_path: Path) -> None:

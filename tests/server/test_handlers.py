@@ -6,8 +6,6 @@ file no longer matches its hash."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ import torch
 from tritonclient import grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
+from cli_runs import torchrig_pack
 from serving import running
 from torchrig.errors import ArtifactError, PackError
 from torchrig.packaging import read_manifest
@@ -45,26 +44,13 @@ class Handler:
 ALLOWED = ServeSettings(port=0, log_format="text", allow_python_handlers=True)
 
 
-def pack_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", "pack", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=240,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`scaler`, packed by the CLI; its config gathers concurrent requests into batches."""
     work = tmp_path_factory.mktemp("handlers")
     (work / "handler.py").write_text(HANDLER)
     root = work / "models"
-    packed = pack_cli("--handler", "handler.py", "--example", "x:FP32:4x3", "--name", "scaler",
+    packed = torchrig_pack("--handler", "handler.py", "--example", "x:FP32:4x3", "--name", "scaler",
                       "--repository", str(root), "--json", cwd=work)  # fmt: skip
     assert packed.returncode == 0, packed.stderr
     assert json.loads(packed.stdout)["format"] == "handler"
@@ -214,7 +200,7 @@ def test_pack_errors_name_the_fix(tmp_path: Path) -> None:
         pack_handler(tmp_path / "boom.py", {"x": torch.zeros(2, 3)}, name="m",
                      repository=tmp_path / "models")  # fmt: skip
     (tmp_path / "handler.py").write_text(HANDLER)
-    missing = pack_cli("--handler", "handler.py", "--name", "m", "--repository", "models",
+    missing = torchrig_pack("--handler", "handler.py", "--name", "m", "--repository", "models",
                        cwd=tmp_path)  # fmt: skip
     assert missing.returncode == 2
     assert "--handler needs --example" in missing.stderr
@@ -251,7 +237,7 @@ def test_files_packed_beside_the_handler_are_in_its_directory(tmp_path: Path) ->
         "        return {'y': inputs['x'] * self.scale}\n"
     )
     (tmp_path / "scale.txt").write_text("5\n")
-    packed = pack_cli("--handler", "handler.py", "--file", "scale.txt", "--example",
+    packed = torchrig_pack("--handler", "handler.py", "--file", "scale.txt", "--example",
                       "x:FP32:2x3", "--name", "scaled", "--repository", "models",
                       cwd=tmp_path)  # fmt: skip
     assert packed.returncode == 0, packed.stderr
