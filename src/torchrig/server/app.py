@@ -24,7 +24,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from torchrig import __version__
-from torchrig.errors import InvalidInput, PayloadTooLarge, QueueFull, TorchrigError, Unauthorized
+from torchrig.errors import (
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    QueueFull,
+    TorchrigError,
+    Unauthorized,
+)
 from torchrig.protocol.shared_memory import ShmReader
 from torchrig.runtime import ModelRegistry
 from torchrig.server.asgi_io import (
@@ -43,9 +50,22 @@ from torchrig.server.asgi_io import (
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
 from torchrig.server.otel import RequestMarks, SpanRecorder
-from torchrig.server.shm import SharedMemory, access, http_peer_uid, register_json
+from torchrig.server.shm import (
+    CUDA_SHM_UNSUPPORTED,
+    CudaSharedMemoryUnsupported,
+    SharedMemory,
+    access,
+    http_peer_uid,
+    register_json,
+)
 from torchrig.server.tracing import AccessLog, TraceContext
 from torchrig.server.triton import Statistics, model_config
+from torchrig.server.triton_settings import (
+    LogSettings,
+    TraceSettings,
+    update_log_json,
+    update_trace_json,
+)
 from torchrig.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -61,6 +81,8 @@ EXTENSIONS = [
     "statistics",
     "system_shared_memory",
     "classification",
+    "trace",
+    "logging",
 ]
 OFF_LOOP_BYTES = 256 * 1024  # JSON parts from this size on are decoded in a thread
 LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
@@ -84,6 +106,14 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/v2/systemsharedmemory/unregister$"), "shm_unregister"),
     ("GET", re.compile(rf"^/v2/systemsharedmemory/region/{REGION}/status$"), "shm_status"),
     ("GET", re.compile(r"^/v2/systemsharedmemory/status$"), "shm_status"),
+    ("GET", re.compile(r"^/v2/trace/setting$"), "trace_setting"),
+    ("POST", re.compile(r"^/v2/trace/setting$"), "trace_update"),
+    ("GET", re.compile(r"^/v2/models/(?P<model>[^/]+)/trace/setting$"), "trace_setting"),
+    ("POST", re.compile(r"^/v2/models/(?P<model>[^/]+)/trace/setting$"), "trace_update"),
+    ("GET", re.compile(r"^/v2/logging$"), "log_setting"),
+    ("GET", re.compile(r"^/v2/cudasharedmemory(?:/.*)?$"), "cuda_shm"),
+    ("POST", re.compile(r"^/v2/cudasharedmemory(?:/.*)?$"), "cuda_shm"),
+    ("POST", re.compile(r"^/v2/logging$"), "log_update"),
     ("GET", re.compile(r"^/metrics$"), "metrics"),
 ]
 
@@ -104,9 +134,22 @@ class ServerState:
     grpc_address: str = ""  # host:port the gRPC service listens on ("" while it does not)
     statistics: Statistics = field(init=False, repr=False)  # Triton's statistics extension
     shared_memory: SharedMemory = field(default_factory=SharedMemory, repr=False)
+    trace_settings: TraceSettings = field(init=False, repr=False)  # Triton's trace extension
+    log_settings: LogSettings = field(init=False, repr=False)  # and its logging extension
 
     def __post_init__(self) -> None:
         self.statistics = Statistics(self.registry)
+        self.trace_settings = TraceSettings(AccessLog(self.settings.access_log_sample))
+        self.log_settings = LogSettings(
+            log_format=self.settings.log_format, level=self.settings.log_level
+        )
+
+    def check_model(self, model: str) -> None:
+        """ModelNotFound unless `model` is one the registry knows (loaded or failed)."""
+        if model not in self.registry.model_errors() and not any(
+            v.model == model for v in self.registry.versions()
+        ):
+            raise ModelNotFound(f"model {model!r} is not served here; see GET /v2/models/stats")
 
     def ready(self) -> bool:
         return self.started and self.doctor_ok and not self.shutting_down and self.registry.ready()
@@ -130,8 +173,11 @@ class V2App:
         # torchrig-worker: <pid>), so that the spread of requests can be seen
         self._worker = str(os.getpid()).encode() if state.settings.workers > 1 else None
         self._large_decode_slots: asyncio.Semaphore | None = None
-        self.access_log = AccessLog(state.settings.access_log_sample)
+        self.access_log = state.trace_settings.access_log  # its sample changes with the settings
         self.spans = SpanRecorder.from_environment()  # None unless OTEL_* ask for spans
+        if self.spans is not None:
+            state.trace_settings.started_with(self.spans.root_ratio)
+            state.trace_settings.exporting = True
         self.management = Management(
             state.registry,
             control_mode=state.settings.control_mode,
@@ -340,6 +386,42 @@ class V2App:
         regions = self.state.shared_memory.status(params.get("region"), http_peer_uid(scope))
         return 200, msgspec.json.encode(regions), {}
 
+    async def _trace_setting(
+        self, params: dict[str, str], *_: Any
+    ) -> tuple[int, bytes, dict[str, str]]:
+        import msgspec
+
+        model = params.get("model")
+        if model:
+            self.state.check_model(model)
+        return 200, msgspec.json.encode(self.state.trace_settings.report(model)), {}
+
+    async def _trace_update(
+        self, params: dict[str, str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, dict[str, str]]:
+        self.management.authorize(_headers(scope))
+        body = await self._read_body(_headers(scope), receive)
+        if params.get("model"):
+            self.state.check_model(params["model"])
+        update_trace_json(self.state.trace_settings, params.get("model"), bytes(body))
+        return await self._trace_setting(params)
+
+    async def _log_setting(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        import msgspec
+
+        return 200, msgspec.json.encode(self.state.log_settings.report()), {}
+
+    async def _log_update(
+        self, params: dict[str, str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, dict[str, str]]:
+        self.management.authorize(_headers(scope))
+        body = await self._read_body(_headers(scope), receive)
+        update_log_json(self.state.log_settings, bytes(body))
+        return await self._log_setting()
+
+    async def _cuda_shm(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        raise CudaSharedMemoryUnsupported(CUDA_SHM_UNSUPPORTED)
+
     async def _metrics(self, *_: Any) -> tuple[int, bytes, dict[str, str]]:
         body, content_type = self.state.metrics.render()
         return 200, body, {"content-type": content_type}
@@ -355,7 +437,7 @@ class V2App:
         headers = _headers(scope)
         request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids):x}"
         trace = TraceContext.from_headers(
-            headers, root_ratio=self.spans.root_ratio if self.spans is not None else 1.0
+            headers, root_ratio=self.state.trace_settings.root_ratio(params["model"])
         )
         model, version = params["model"], params.get("version")
         started = time.perf_counter()

@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from torchrig.errors import InvalidInput, ManagementDisabled, ModelNotFound
+from torchrig.errors import InvalidInput, ManagementDisabled, ModelNotFound, TorchrigError
 from torchrig.protocol.shared_memory import ShmReader, ShmWriter
 from torchrig.server.peers import is_loopback, peer_uid
 
@@ -39,6 +39,19 @@ MAX_REGIONS = 1024  # registered at once, all users together
 
 class SharedMemoryDenied(ManagementDisabled):
     """Shared memory from a client that is not on this node, or of another user (403)."""
+
+
+class CudaSharedMemoryUnsupported(TorchrigError):
+    """CUDA shared memory is not served (501; gRPC UNIMPLEMENTED, as Triton without GPUs)."""
+
+    status_code = 501
+
+
+CUDA_SHM_UNSUPPORTED = (
+    "CUDA shared memory is not supported by torchrig; use system shared memory instead "
+    "(tritonclient.utils.shared_memory and register_system_shared_memory): on the same "
+    "node it passes tensors without copying them through the request"
+)
 
 
 @dataclass

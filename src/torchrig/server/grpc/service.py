@@ -32,10 +32,16 @@ from torchrig.server.grpc.codec import decode_request, encode_response
 from torchrig.server.grpc.generated import grpc_service_pb2 as pb
 from torchrig.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from torchrig.server.grpc.generated import model_config_pb2
+from torchrig.server.grpc.settings import log_changes, log_response, trace_changes, trace_response
 from torchrig.server.grpc.status import code_of, outcome_of, trailers_of
 from torchrig.server.management import Management
 from torchrig.server.peers import grpc_peer
-from torchrig.server.shm import access, client_uid
+from torchrig.server.shm import (
+    CUDA_SHM_UNSUPPORTED,
+    CudaSharedMemoryUnsupported,
+    access,
+    client_uid,
+)
 from torchrig.server.triton import model_config
 
 log = logging.getLogger("torchrig.server")
@@ -315,6 +321,54 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
                 )
             return response
+
+        return await self._answer(context, work)
+
+    async def _no_cuda_shared_memory(self, context: Context) -> Any:
+        async def work() -> Any:
+            raise CudaSharedMemoryUnsupported(CUDA_SHM_UNSUPPORTED)
+
+        return await self._answer(context, work)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:
+        return await self._no_cuda_shared_memory(context)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
+        return await self._no_cuda_shared_memory(context)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> Any:
+        return await self._no_cuda_shared_memory(context)
+
+    # ---- trace and log settings ---------------------------------------------------------------
+
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: Context
+    ) -> pb.TraceSettingResponse:
+        """Read (no settings given) or change the trace settings, server-wide or of
+        `model_name`; changes need the management token."""
+
+        async def work() -> pb.TraceSettingResponse:
+            model = request.model_name or None
+            if request.settings:
+                self.management.authorize(_metadata(context))
+            if model:
+                self.state.check_model(model)
+            if request.settings:
+                self.state.trace_settings.update(model, trace_changes(request))
+            return trace_response(self.state.trace_settings.report(model))
+
+        return await self._answer(context, work)
+
+    async def LogSettings(
+        self, request: pb.LogSettingsRequest, context: Context
+    ) -> pb.LogSettingsResponse:
+        """Read (no settings given) or change the log level; changes need the token."""
+
+        async def work() -> pb.LogSettingsResponse:
+            if request.settings:
+                self.management.authorize(_metadata(context))
+                self.state.log_settings.update(log_changes(request))
+            return log_response(self.state.log_settings.report())
 
         return await self._answer(context, work)
 
