@@ -6,7 +6,7 @@ TorchScript archives carry code as graphs, never as pickled Python.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class Program:
         "inputs",
         "module",
         "outputs",
+        "traced",
     )
 
     def __init__(
@@ -47,6 +48,7 @@ class Program:
         self.outputs: list[TensorSpec] = list(manifest.outputs)
         self.device = device
         self.format = manifest.format
+        self.traced = False  # True once `trace` swapped in a verified TorchScript trace
         self._input_names = [spec.name for spec in manifest.inputs]
         self._output_names = [spec.name for spec in manifest.outputs]
 
@@ -58,6 +60,23 @@ class Program:
                 f"input {exc.args[0]!r} is missing; the model takes {self._input_names}."
             ) from None
         return self._named(self.module(*args))
+
+    def trace(self, examples: Sequence[Mapping[str, Any]]) -> str:
+        """Run from now on as a TorchScript trace of the exported module, if the trace gives
+        exactly the module's outputs on every one of `examples` (see packaging/traced.py);
+        returns "" when it does, else why the exported module keeps running."""
+        if self.traced:
+            return ""
+        if self.format != "torch.export" or self.device.type != "cpu":
+            return "only a torch.export program on the CPU is traced"
+        if not self.builtin_ops_only:
+            return "the graph calls operators other than PyTorch's own"
+        from torchrig.packaging.traced import trace_module
+
+        call, why = trace_module(self.module, self._input_names, examples)
+        if call is not None:
+            self.module, self.traced = call, True
+        return why
 
     def _named(self, result: Any) -> dict[str, Any]:
         names = self._output_names

@@ -96,6 +96,10 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # torch.compile the program before warm-up ("off" by default: compiling takes minutes
     # for large models); a compile failure falls back to eager with a warning.
     compile: Literal["off", "default", "max-autotune-no-cudagraphs"] = "off"
+    # "auto": a CPU torch.export program of PyTorch's own operators runs as a TorchScript
+    # trace of its graph (no Python per operator) once the trace gave exactly its outputs at
+    # every warm-up shape and golden example; else, and with "off", the exported module runs
+    trace: Literal["auto", "off"] = "auto"
     # checked at load: bytes with a unit ("4GiB") or a fraction of device memory (0.5)
     memory_budget: str | float | None = None
     version_policy: VersionPolicy = VersionPolicy()
@@ -192,7 +196,7 @@ def parse_config(text: str, *, origin: str = CONFIG_FILE) -> ModelConfig:
                 " Known keys: batching.{max_batch_size, max_queue_delay_ms, "
                 "preferred_batch_sizes, max_queue_size, inline_max_ms}, device, dtype, "
                 "channels_last, "
-                "instances, threads, warmup, cuda_graphs, compile, memory_budget, "
+                "instances, threads, warmup, cuda_graphs, compile, trace, memory_budget, "
                 "version_policy.{policy, latest, versions}, pipeline.{outputs, step[].{model, "
                 "version, step, options, input_map, output_map}}, [[preprocess]], "
                 "[[postprocess]] (built-in steps)."

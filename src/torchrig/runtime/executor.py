@@ -143,6 +143,7 @@ class Executor:
             self._compile(program)
             if self.config.warmup:
                 self.warm_up()
+                self._trace(program)
                 self.batch_time_s = self._time_largest_batch()
         if lanes and self.config.warmup:  # capturing runs every size: a warm-up too
             self._capture(lanes)
@@ -158,6 +159,32 @@ class Executor:
 
         self._eager_module = program.module
         program.module = torch.compile(program.module, mode=mode)
+
+    def _trace(self, program: Any) -> None:
+        """Swap in a TorchScript trace of a CPU program's graph when it gives exactly the
+        program's outputs at every warm-up shape and golden example (`Program.trace`)."""
+        if self.config.trace == "off" or self._eager_module is not None:
+            return
+        from torchrig.packaging.traced import golden_inputs
+
+        examples = [
+            self.example(rows, sizes)
+            for sizes, sizes_rows in self.warmup_shapes()
+            for rows in sizes_rows
+        ]
+        examples += golden_inputs(self.version_dir, self.manifest)
+        cast = self._dtype
+        if cast is not None:
+            examples = [
+                {k: v.to(cast) if v.is_floating_point() else v for k, v in e.items()}
+                for e in examples
+            ]
+        why = program.trace(examples)
+        name, version = self.manifest.name, self.manifest.version
+        if program.traced:
+            log.info("%s version %s: runs as a TorchScript trace of its graph", name, version)
+        else:
+            log.info("%s version %s: runs the exported module (no trace: %s)", name, version, why)
 
     @property
     def _compiled(self) -> bool:
