@@ -93,6 +93,9 @@ class Result:
     requests: int = 0
     errors: int = 0
     note: str = ""
+    # the server process's user + system CPU over the measured load, per answered request
+    # (robust to other work on a shared box, where wall-clock rates are not)
+    cpu_us: float | None = None
 
 
 @dataclass
@@ -198,6 +201,13 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
         process.wait(timeout=10)
     except ProcessLookupError:
         pass
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_ready(process: subprocess.Popen[bytes], url: str, deadline_s: float) -> float:
@@ -572,8 +582,11 @@ def measure(server: Server, setup: Setup, base_env: dict[str, str]) -> Result:
         body_file.write_bytes(server.bodies[0].data)
         url = base + server.infer_path
         run_load(url, body_file, server.bodies[0], args.warmup, args)
+        cpu_before = process_cpu_seconds(process.pid)
         load = run_load(url, body_file, server.bodies[0], args.duration, args)
+        cpu_used = process_cpu_seconds(process.pid) - cpu_before
         good = load.requests - load.non_2xx
+        result.cpu_us = 1e6 * cpu_used / good if good else None
         result.rps = good / load.seconds
         result.p50_ms = load.p50_us / 1000
         result.p99_ms = load.p99_us / 1000
@@ -603,6 +616,8 @@ def median_result(results: list[Result]) -> Result:
         merged.rps = statistics.median(r.rps for r in measured if r.rps is not None)
         merged.p50_ms = statistics.median(r.p50_ms for r in measured if r.p50_ms is not None)
         merged.p99_ms = statistics.median(r.p99_ms for r in measured if r.p99_ms is not None)
+        cpu = [r.cpu_us for r in measured if r.cpu_us is not None]
+        merged.cpu_us = statistics.median(cpu) if cpu else None
     return merged
 
 

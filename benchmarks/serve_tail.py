@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"c={connections} round {round_no} {server.name}: "
                         f"{fmt(result.rps, ',.0f')} req/s, p50 {fmt(result.p50_ms, '.2f')} ms, "
-                        f"p99 {fmt(result.p99_ms, '.1f')} ms {result.note}",
+                        f"p99 {fmt(result.p99_ms, '.1f')} ms, "
+                        f"server CPU {fmt(result.cpu_us, '.0f')} us/req {result.note}",
                         flush=True,
                     )
             for name, results in rounds.items():
@@ -91,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print("connections  server    req/s   p50 ms   p99 ms   (medians of rounds)")
+    print("connections  server    req/s   p50 ms   p99 ms  CPU us/req  (medians of rounds)")
     for (connections, name), r in medians.items():
         print(
             f"{connections:>11}  {name:8} {fmt(r.rps, '>6,.0f')} {fmt(r.p50_ms, '>8.2f')} "
-            f"{fmt(r.p99_ms, '>8.1f')}"
+            f"{fmt(r.p99_ms, '>8.1f')} {fmt(r.cpu_us, '>11.0f')}"
         )
     ours, bare = medians[(64, "torchrig")], medians[(64, "asgi")]
     one, bare_one = medians[(1, "torchrig")], medians[(1, "asgi")]
