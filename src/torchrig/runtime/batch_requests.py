@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,6 +34,113 @@ class QueuedRequest:
     # the inputs' sizes past the batch dimension: only requests of one shape form a batch
     shape_key: tuple[tuple[str, tuple[int, ...]], ...] = ()
     crop: Callable[[Tensors], Tensors] | None = None  # cuts a padded request's outputs back
+    stage: StageTimes | None = None  # filled in for a listener (tracing, the access log)
+
+
+class StageTimes:
+    """One pass of a listened-to request through a batcher (a pipeline makes several):
+    when it queued and the batch it rode in (monotonic ns)."""
+
+    __slots__ = ("batch", "model", "owner", "queued_ns")
+
+    def __init__(self, owner: RequestTimes, model: str, queued_ns: int) -> None:
+        self.owner = owner
+        self.model = model
+        self.queued_ns = queued_ns
+        self.batch: BatchTimes | None = None  # set before the request's future resolves
+
+
+class RequestTimes:
+    """What a listener (the server's spans and access log) hands the batcher for one
+    request, through `listening`; the batcher appends a `StageTimes` per pass. `tag` is
+    the listener's own (the server's trace context), for the batch to name its members."""
+
+    __slots__ = ("stages", "tag")
+
+    def __init__(self, tag: object = None) -> None:
+        self.tag = tag
+        self.stages: list[StageTimes] = []
+
+
+class BatchTimes:
+    """One batch in which a listened-to request rode (made only then): a process-unique
+    id, its rows and requests, the executor call (concatenation included) and when its
+    answers were handed back (monotonic ns), and the listened-to members."""
+
+    __slots__ = (
+        "_claims",
+        "batch_id",
+        "compute_end_ns",
+        "ended_ns",
+        "failed",
+        "members",
+        "requests",
+        "rows",
+        "started_ns",
+    )
+
+    def __init__(self, rows: int, requests: int, started_ns: int, compute_end_ns: int) -> None:
+        self.batch_id = next(_batch_ids)
+        self.rows = rows
+        self.requests = requests
+        self.started_ns = started_ns
+        self.compute_end_ns = compute_end_ns
+        self.ended_ns = compute_end_ns
+        self.failed = False
+        self.members: list[RequestTimes] = []
+        self._claims = [True]
+
+    def claim(self) -> bool:
+        """True for the first caller only (list.pop is atomic): the one member that
+        reports the batch itself, e.g. its shared span."""
+        try:
+            return self._claims.pop()
+        except IndexError:
+            return False
+
+
+# the request being queued now wants its times (set by the server around submit; unset,
+# the batcher records nothing but reads this once per request)
+listening: contextvars.ContextVar[RequestTimes | None] = contextvars.ContextVar(
+    "torchrig_listening", default=None
+)
+_batch_ids = itertools.count(1)  # next() is atomic: ids unique in the process
+
+
+def listened_stage(model: str, enqueued: float) -> StageTimes | None:
+    """On submit: the request's new stage when someone listens, else None."""
+    times = listening.get()
+    if times is None:
+        return None
+    stage = StageTimes(times, model, int(enqueued * 1e9))  # time.monotonic() in ns
+    times.stages.append(stage)
+    return stage
+
+
+def listened(batch: list[QueuedRequest]) -> bool:
+    """Whether someone listens to a request of the batch (a loop, no allocation)."""
+    for request in batch:  # noqa: SIM110 - any() would make a generator per batch
+        if request.stage is not None:
+            return True
+    return False
+
+
+def mark_batch(
+    batch: list[QueuedRequest], rows: int, started: float, computed: float
+) -> BatchTimes | None:
+    """After the executor ran: the batch's times, given to its listened-to requests (None,
+    and nothing made, when none listens)."""
+    times: BatchTimes | None = None
+    for request in batch:
+        stage = request.stage
+        if stage is None:
+            continue
+        if times is None:
+            times = BatchTimes(rows, len(batch), int(started * 1e9), int(computed * 1e9))
+        stage.batch = times
+        if stage.owner.tag is not None:  # the traced ones, for the batch's own span
+            times.members.append(stage.owner)
+    return times
 
 
 # a request and what it gets: its outputs, or the error of its batch

@@ -66,6 +66,9 @@ from torchrig.runtime.batch_requests import (
     QueuedRequest,
     Tensors,
     half_by_rows,
+    listened,
+    listened_stage,
+    mark_batch,
     resolve,
     resolve_all,
     shape_key,
@@ -179,6 +182,7 @@ class Batcher:
             deadline=None if timeout_s is None else now + timeout_s,
             shape_key=shape_key(inputs) if self.batching else (),
             crop=crop,
+            stage=listened_stage(self.name, now),
         )
         with self._cond:
             if self._stopping:
@@ -411,12 +415,17 @@ class Batcher:
     def _run(self, batch: list[QueuedRequest]) -> None:
         started = time.monotonic()
         rows = sum(r.rows for r in batch)
+        executed = self._execute(batch)
+        # for the requests someone listens to (spans, access log): the batch's times
+        times = mark_batch(batch, rows, started, time.monotonic()) if listened(batch) else None
         outcomes = [
             (request, request.crop(result) if request.crop and result else result, error)
-            for request, result, error in self._judge(self._execute(batch))
+            for request, result, error in self._judge(executed)
         ]
         failed = any(error is not None for _, _, error in outcomes)
         elapsed = self._count(rows, len(batch), started, failed=failed)
+        if times is not None:
+            times.ended_ns, times.failed = times.started_ns + int(elapsed * 1e9), failed
         resolve_all(outcomes)
         self._observe(batch, rows, started, elapsed, failed=failed)
 
