@@ -8,11 +8,19 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 import pytest
+from tritonclient import grpc as tgrpc
+from tritonclient.utils import InferenceServerException
 
+from faults import HUGE, body, pack_faulty
+from serving import running
 from torchrig.server.logs import LOGGERS, bind_request, configure_logging
+from torchrig.settings import ServeSettings
 
 RFC3339_MS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -166,3 +174,100 @@ def test_level_filters_and_bad_settings_name_the_fix() -> None:
         configure_logging("json", level="LOUD")
     with pytest.raises(ValueError, match='use "json" or "text"'):
         configure_logging("yaml")  # type: ignore[arg-type]
+
+
+SPLIT = ("decode_ms", "queue_ms", "compute_ms", "encode_ms")
+
+
+def traceparent(trace_id: str) -> dict[str, str]:
+    return {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+
+
+def grpc_infer(client: Any, rows: list[list[float]], request_id: str, trace_id: str) -> Any:
+    tensor = tgrpc.InferInput("x", [len(rows), 2], "FP32")
+    tensor.set_data_from_numpy(np.array(rows, dtype=np.float32))
+    return client.infer("m", [tensor], request_id=request_id, headers=traceparent(trace_id))
+
+
+def test_access_lines_give_the_split_and_join_each_requests_lines(tmp_path: Path) -> None:
+    """Over REST and gRPC: an access line per request with model, version, status, sizes
+    and the time split; a request's lines (its error line too) share its request id and
+    trace id; sampled out, only a server error still gets its line."""
+    repo = tmp_path / "models"
+    pack_faulty(repo, "m", 1, budget_rows=4)  # a row with column 1 >= HUGE never fits: 507
+    out = io.StringIO()
+    settings = ServeSettings(port=0, log_format="json", access_log_sample=1.0)
+    with running(repo, settings) as (url, state), httpx.Client(base_url=url, timeout=30) as client:
+        configure_logging("json", stream=out)
+        ok = client.post(
+            "/v2/models/m/infer",
+            json=body([1.0, 2.0]),
+            headers={"x-request-id": "rest-ok", **traceparent("1" * 32)},
+        )
+        oom = client.post(
+            "/v2/models/m/infer",
+            json=body([1.0], second=HUGE),
+            headers={"x-request-id": "rest-oom", **traceparent("2" * 32)},
+        )
+        assert (ok.status_code, oom.status_code) == (200, 507)
+        grpc_client = tgrpc.InferenceServerClient(state.grpc_address)
+        answer = grpc_infer(grpc_client, [[1.0, 0.0]], "grpc-ok", "3" * 32)
+        assert answer.as_numpy("y").tolist() == [[1.0, 0.0]]
+        with pytest.raises(InferenceServerException):
+            grpc_infer(grpc_client, [[1.0, HUGE]], "grpc-oom", "4" * 32)
+        # sampled out: no line for a success, still one for a server error
+        assert state.tracing is not None
+        state.tracing.access_log.sample = 0.0
+        assert client.post(
+            "/v2/models/m/infer", json=body([1.0]), headers={"x-request-id": "quiet"}
+        ).is_success
+        unsampled = client.post(
+            "/v2/models/m/infer",
+            json=body([1.0], second=HUGE),
+            headers={"x-request-id": "loud", **traceparent("5" * 32)},
+        )
+        assert unsampled.status_code == 507
+        grpc_client.close()
+    found = [json.loads(line) for line in out.getvalue().splitlines()]
+    access = {line["request_id"]: line for line in found if line["logger"] == "torchrig.access"}
+    assert set(access) == {"rest-ok", "rest-oom", "grpc-ok", "grpc-oom", "loud"}
+
+    rest = access["rest-ok"]
+    assert (rest["model"], rest["version"], rest["status"], rest["transport"]) == (
+        "m",
+        "1",
+        200,
+        "http",
+    )
+    assert rest["trace_id"] == "1" * 32
+    assert rest["span_id"] == ok.headers["traceparent"].split("-")[2]
+    assert rest["request_bytes"] == len(ok.request.content)
+    assert rest["response_bytes"] == len(ok.content)
+    assert rest["batch_size"] == 2  # rows
+    assert isinstance(rest["batch_id"], int)
+    for line in (rest, access["grpc-ok"]):  # the split: parts of the whole, none missing
+        assert all(line[name] >= 0 for name in SPLIT), line
+        assert sum(line[name] for name in SPLIT) <= line["duration_ms"] + 0.01
+    grpc_ok = access["grpc-ok"]
+    assert (grpc_ok["status"], grpc_ok["transport"], grpc_ok["trace_id"]) == (200, "grpc", "3" * 32)
+    assert grpc_ok["batch_size"] == 1
+    assert grpc_ok["request_bytes"] > 0
+    assert grpc_ok["response_bytes"] > 0
+    assert access["rest-oom"]["status"] == access["grpc-oom"]["status"] == 507
+    assert access["rest-oom"]["queue_ms"] >= 0  # picked: the split of the failed batch too
+    assert access["loud"]["status"] == 507
+    assert "queue_ms" not in access["loud"]  # not picked: no times were recorded
+
+    # every line that names a request names its trace too: the error line and the access
+    # line of a failed request join on both ids
+    for request_id, trace_id in (
+        ("rest-oom", "2" * 32),
+        ("grpc-oom", "4" * 32),
+        ("loud", "5" * 32),
+    ):
+        lines = [line for line in found if line.get("request_id") == request_id]
+        assert {line["logger"] for line in lines} == {"torchrig.server", "torchrig.access"}, lines
+        assert {line["trace_id"] for line in lines} == {trace_id}
+        (error,) = [line for line in lines if line["logger"] == "torchrig.server"]
+        assert (error["level"], error["status"]) == ("WARNING", 507)
+        assert "out of device memory" in error["message"]

@@ -10,16 +10,20 @@ import random
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from tritonclient import grpc as tgrpc
 
 from doubles import until
 from faults import body, pack_faulty
 from serving import running
+from torchrig.repository import BatchingConfig, ModelConfig
 from torchrig.server.logs import JsonFormatter
 from torchrig.server.tracing import AccessLog, TraceContext
 from torchrig.settings import ServeSettings
@@ -209,6 +213,69 @@ def otlp(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
         receiver.close()
 
 
+def traced(value: str, parent: str = PARENT) -> dict[str, str]:
+    return {"traceparent": f"00-{value}-{parent}-01"}
+
+
+def request_tree(received: list[Any], trace_id: str) -> dict[str, Any]:
+    """The spans of one trace by name (each request makes one of each)."""
+    found = {span.name: span for span in received if span.trace_id.hex() == trace_id}
+    assert len(found) == sum(span.trace_id.hex() == trace_id for span in received), found
+    return found
+
+
+def attributes_of(span: Any) -> dict[str, Any]:
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+
+
+def check_request_tree(tree: dict[str, Any], *, trace_id: str, answered_span: str | None) -> Any:
+    """A request's span tree: the server span continues the caller's (PARENT) and holds
+    decode, queue_wait, batch (with compute inside) and encode, in this order; returns
+    the batch span."""
+    assert set(tree) == {"infer m", "decode", "queue_wait", "batch", "compute", "encode"}
+    server = tree["infer m"]
+    assert server.parent_span_id.hex() == PARENT  # the caller's span
+    if answered_span is not None:  # the id the answer's traceparent named
+        assert server.span_id.hex() == answered_span
+    assert server.kind == server.SPAN_KIND_SERVER
+    assert attributes_of(server)["torchrig.model"] == "m"
+    assert attributes_of(server)["http.response.status_code"] == 200
+    previous_end = server.start_time_unix_nano
+    for name in ("decode", "queue_wait", "batch", "encode"):  # in order, in the server span
+        stage = tree[name]
+        assert stage.trace_id.hex() == trace_id
+        assert stage.parent_span_id == server.span_id, name
+        assert previous_end <= stage.start_time_unix_nano <= stage.end_time_unix_nano, name
+        previous_end = stage.end_time_unix_nano
+    assert previous_end <= server.end_time_unix_nano
+    batch, compute = tree["batch"], tree["compute"]
+    assert compute.parent_span_id == batch.span_id
+    assert batch.start_time_unix_nano <= compute.start_time_unix_nano
+    assert compute.end_time_unix_nano <= batch.end_time_unix_nano
+    assert attributes_of(batch)["torchrig.batcher"] == "m/1"
+    assert len(batch.links) == 1  # to the batch's own span
+    return batch
+
+
+def shared_batch(received: list[Any], batch: Any) -> Any:
+    """The batch's own span that a request's batch span links to."""
+    (link,) = batch.links
+    (shared,) = [s for s in received if s.span_id == link.span_id]
+    assert shared.trace_id == link.trace_id
+    assert shared.name == "batch m/1"
+    assert not shared.parent_span_id  # the root of its own trace
+    return shared
+
+
+@pytest.fixture
+def faulty_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "models"
+    # a batch waits up to 2 s for a second request: concurrent requests share one
+    config = ModelConfig(batching=BatchingConfig(max_batch_size=2, max_queue_delay_ms=2000))
+    pack_faulty(repo, "m", 1, config=config)
+    return repo
+
+
 def test_spans_over_otlp_continue_the_callers_trace(otlp: OtlpReceiver, tmp_path: Path) -> None:
     repo = tmp_path / "models"
     pack_faulty(repo, "m", 1)
@@ -219,32 +286,71 @@ def test_spans_over_otlp_continue_the_callers_trace(otlp: OtlpReceiver, tmp_path
     ):
         skipped = {"traceparent": f"00-{unsampled_trace}-{PARENT}-00"}
         assert client.post("/v2/models/m/infer", json=body([1.0]), headers=skipped).is_success
-        reply = client.post(
-            "/v2/models/m/infer",
-            json=body([1.0]),
-            headers={"traceparent": f"00-{TRACE}-{PARENT}-01"},
-        )
+        reply = client.post("/v2/models/m/infer", json=body([1.0, 2.0]), headers=traced(TRACE))
         assert reply.status_code == 200
-        until(lambda: len(otlp.spans) >= 4, "four spans exported", timeout_s=30)
-    spans = {span.name: span for span in otlp.spans}
-    assert set(spans) == {"infer m", "decode", "compute", "encode"}  # none of the unsampled
-    server = spans["infer m"]
-    assert server.trace_id.hex() == TRACE
-    assert server.parent_span_id.hex() == PARENT  # the caller's span
-    assert server.span_id.hex() == reply.headers["traceparent"].split("-")[2]
-    assert server.kind == server.SPAN_KIND_SERVER
-    attributes = {a.key: a.value for a in server.attributes}
-    assert attributes["torchrig.model"].string_value == "m"
-    assert attributes["http.response.status_code"].int_value == 200
-    previous_end = server.start_time_unix_nano
-    for name in ("decode", "compute", "encode"):  # in order, inside the server span
-        stage = spans[name]
-        assert stage.trace_id.hex() == TRACE
-        assert stage.parent_span_id == server.span_id
-        assert previous_end <= stage.start_time_unix_nano <= stage.end_time_unix_nano
-        previous_end = stage.end_time_unix_nano
-    assert previous_end <= server.end_time_unix_nano
+        until(lambda: len(otlp.spans) >= 7, "seven spans exported", timeout_s=30)
+    assert not [s for s in otlp.spans if s.trace_id.hex() == unsampled_trace]
+    answered = reply.headers["traceparent"].split("-")[2]
+    batch = check_request_tree(
+        request_tree(otlp.spans, TRACE), trace_id=TRACE, answered_span=answered
+    )
+    assert attributes_of(batch)["torchrig.batch.size"] == 2  # rows
+    shared = shared_batch(otlp.spans, batch)
+    assert attributes_of(shared)["torchrig.batch.id"] == attributes_of(batch)["torchrig.batch.id"]
+    assert [(link.trace_id.hex(), link.span_id.hex()) for link in shared.links] == [
+        (TRACE, answered)
+    ]
+    assert len(otlp.spans) == 7  # the request's six and its batch's own
     assert otlp.resources[0]["service.name"] == "ranking-svc"
+
+
+def test_requests_of_one_batch_over_rest_and_grpc_link_to_its_span(
+    otlp: OtlpReceiver, faulty_repo: Path
+) -> None:
+    """Two concurrent requests, one per transport, ride in one batch: each continues its
+    caller's trace, and both batch spans link to the one span of their batch, which links
+    back to both requests."""
+    rest_trace, grpc_trace = "a" * 32, "b" * 32
+    with running(faulty_repo, ServeSettings(port=0, log_format="text")) as (url, state):
+        grpc_client = tgrpc.InferenceServerClient(state.grpc_address)
+        tensor = tgrpc.InferInput("x", [1, 2], "FP32")
+        tensor.set_data_from_numpy(np.array([[3.0, 0.0]], dtype=np.float32))
+        with ThreadPoolExecutor(2) as pool:
+            rest = pool.submit(
+                httpx.post,
+                f"{url}/v2/models/m/infer",
+                json=body([1.0]),
+                headers=traced(rest_trace),
+                timeout=30,
+            )
+            over_grpc = pool.submit(
+                grpc_client.infer, "m", [tensor], headers=traced(grpc_trace), request_id="g-1"
+            )
+            reply, answer = rest.result(), over_grpc.result()
+        assert reply.status_code == 200
+        assert answer.as_numpy("y").tolist() == [[3.0, 0.0]]
+        until(lambda: len(otlp.spans) >= 13, "both requests' spans and the batch's", timeout_s=30)
+        grpc_client.close()
+    rest_batch = check_request_tree(
+        request_tree(otlp.spans, rest_trace),
+        trace_id=rest_trace,
+        answered_span=reply.headers["traceparent"].split("-")[2],
+    )
+    grpc_tree = request_tree(otlp.spans, grpc_trace)
+    grpc_batch = check_request_tree(grpc_tree, trace_id=grpc_trace, answered_span=None)
+    assert rest_batch.links[0].span_id == grpc_batch.links[0].span_id  # one batch
+    shared = shared_batch(otlp.spans, rest_batch)
+    assert (
+        attributes_of(shared)["torchrig.batch.size"],
+        attributes_of(shared)["torchrig.batch.requests"],
+    ) == (2, 2)
+    assert attributes_of(rest_batch)["torchrig.batch.size"] == 2
+    linked = {(link.trace_id.hex(), link.span_id) for link in shared.links}
+    assert linked == {
+        (rest_trace, request_tree(otlp.spans, rest_trace)["infer m"].span_id),
+        (grpc_trace, grpc_tree["infer m"].span_id),
+    }
+    assert len([s for s in otlp.spans if s.name == "batch m/1"]) == 1  # reported once
 
 
 def test_new_traces_are_sampled_at_the_configured_ratio() -> None:

@@ -49,7 +49,8 @@ from torchrig.server.asgi_io import (
 )
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
-from torchrig.server.otel import RequestMarks, SpanRecorder
+from torchrig.server.otel import SpanRecorder
+from torchrig.server.request_trace import RequestTracing
 from torchrig.server.shm import (
     CUDA_SHM_UNSUPPORTED,
     CudaSharedMemoryUnsupported,
@@ -134,6 +135,8 @@ class ServerState:
     grpc_address: str = ""  # host:port the gRPC service listens on ("" while it does not)
     statistics: Statistics = field(init=False, repr=False)  # Triton's statistics extension
     shared_memory: SharedMemory = field(default_factory=SharedMemory, repr=False)
+    # the access log and span recorder of both transports (V2App makes it)
+    tracing: RequestTracing | None = field(default=None, repr=False)
     trace_settings: TraceSettings = field(init=False, repr=False)  # Triton's trace extension
     log_settings: LogSettings = field(init=False, repr=False)  # and its logging extension
 
@@ -175,6 +178,7 @@ class V2App:
         self._large_decode_slots: asyncio.Semaphore | None = None
         self.access_log = state.trace_settings.access_log  # its sample changes with the settings
         self.spans = SpanRecorder.from_environment()  # None unless OTEL_* ask for spans
+        self.tracing = state.tracing = RequestTracing(self.access_log, self.spans)
         if self.spans is not None:
             state.trace_settings.started_with(self.spans.root_ratio)
             state.trace_settings.exporting = True
@@ -441,7 +445,7 @@ class V2App:
         )
         model, version = params["model"], params.get("version")
         started = time.perf_counter()
-        marks = [time.time_ns()]  # stage boundaries for the spans: start, decoded, computed
+        timeline = self.tracing.begin(trace)  # stage marks for the access line and spans
         extra_headers: dict[str, str] = {"x-request-id": request_id, **trace.response_headers()}
         status, response_bytes = 500, 0
         served_version: str | None = version
@@ -454,19 +458,20 @@ class V2App:
                 )
             shm_read, shm_write = access(state.shared_memory, partial(http_peer_uid, scope))
             served, request = await self._decode(model, version, headers, receive, shm_read)
-            marks.append(time.time_ns())
+            timeline.decoded_ns = time.monotonic_ns()
             manifest = served.interface  # with built-in steps: their outputs
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
                 timeout = min(max(request.timeout_s, 0.0), state.settings.max_request_timeout_s)
             outputs = await unless_disconnected(
-                state.registry.submit(served, request.inputs, timeout_s=timeout), receive
+                timeline.submit(state.registry.submit, served, request.inputs, timeout_s=timeout),
+                receive,
             )
             if outputs is None:  # the client went away: nobody to answer
                 outcome = "bad_request"  # a client-side end, as nginx's 499
                 return
             served_version = str(served.version)
-            marks.append(time.time_ns())
+            timeline.resumed_ns = time.monotonic_ns()
             payload, response_headers = encode_infer_response(
                 model_name=model,
                 model_version=served_version,
@@ -482,7 +487,7 @@ class V2App:
             extra_headers.update(response_headers)
             outcome = "success"
             status, response_bytes = 200, len(payload)
-            marks.append(time.time_ns())
+            timeline.encoded_ns = time.monotonic_ns()
             await respond(send, 200, payload, extra_headers, content_type=None)
         except TorchrigError as exc:
             outcome = outcome_label(exc.status_code)
@@ -530,10 +535,9 @@ class V2App:
             state.statistics.request(
                 model, served_version, ok=outcome == "success", duration_s=duration_s
             )
-            self._observe(
+            self.tracing.finish(
+                timeline,
                 request_id=request_id,
-                trace=trace,
-                marks=RequestMarks.of(marks),
                 model=model,
                 version=served_version,
                 # 499 (nginx's): the client went away before an answer
@@ -541,34 +545,8 @@ class V2App:
                 request_bytes=int(headers.get("content-length") or 0),
                 response_bytes=response_bytes,
                 duration_s=duration_s,
+                transport="http",
             )
-
-    def _observe(
-        self,
-        *,
-        request_id: str,
-        trace: TraceContext,
-        marks: RequestMarks,
-        model: str,
-        version: str | None,
-        status: int,
-        request_bytes: int,
-        response_bytes: int,
-        duration_s: float,
-    ) -> None:
-        """The request's access line (sampled) and, with OpenTelemetry on, its spans."""
-        self.access_log.write(
-            request_id=request_id,
-            trace=trace,
-            model=model,
-            version=version,
-            status=status,
-            request_bytes=request_bytes,
-            response_bytes=response_bytes,
-            duration_s=duration_s,
-        )
-        if self.spans is not None:
-            self.spans.record(trace, marks, model=model, version=version, status=status)
 
     async def _decode(
         self,

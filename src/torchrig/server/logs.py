@@ -4,8 +4,9 @@
 "uvicorn" and "uvicorn.error" loggers (the access log stays off: the server does not
 enable it). A JSON line carries `time` (RFC 3339, UTC, ms), `level`, `logger`, `message`
 and, when known, `model`, `version`, `request_id`, `trace_id`, `span_id`, `duration_ms`,
-`status`, `request_bytes`, `response_bytes`, `url` and `exc`
-(the traceback). Request fields come from `extra=` or from `bind_request(...)`, which
+`status`, `request_bytes`, `response_bytes`, `url`, the access line's `transport` and
+time split (`decode_ms`, `queue_ms`, `compute_ms`, `encode_ms`, `batch_size`, `batch_id`)
+and `exc` (the traceback). Request fields come from `extra=` or from `bind_request(...)`, which
 binds them to the current task or thread for every log call inside it.
 """
 
@@ -34,6 +35,14 @@ FIELDS = (
     "request_bytes",
     "response_bytes",
     "url",
+    # the access line's transport and time split (server/request_trace.py)
+    "transport",
+    "decode_ms",
+    "queue_ms",
+    "compute_ms",
+    "encode_ms",
+    "batch_size",
+    "batch_id",
 )
 
 

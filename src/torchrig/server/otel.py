@@ -4,11 +4,22 @@ Optional: with `opentelemetry-sdk` and its OTLP/HTTP exporter installed (the `ot
 extra) and an OTLP endpoint set (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, and `OTEL_TRACES_EXPORTER` not "none"), each request
 becomes a server span -- with the id the answer's `traceparent` names, so the caller's
-trace continues into it -- and child spans for decode, compute (queue wait, batch and
-forward: one span until the batcher reports its stages) and encode. Spans are built after
-the request from timestamps taken on the way, and handed to the SDK's batch processor,
-which exports them off the request path. Without the extra or the variables nothing is
-imported and nothing is recorded.
+trace continues into it -- with child spans `decode`, then per pass through a batcher
+(one; a pipeline makes one per member) `queue_wait` and `batch` (attributes
+`torchrig.batch.size` in rows, `.requests`, `.id`, and `torchrig.batcher`: model/version)
+with its child `compute` (the executor call, concatenation included), then `encode`.
+Spans are built after the request from monotonic timestamps taken on the way, and handed
+to the SDK's batch processor, which exports them off the request path. Without the extra
+or the variables nothing is imported and nothing is recorded.
+
+A batch serves several requests, each in its own trace, and a span has one parent: so the
+batch is a span of its own, `batch <model>`, the root of a trace of its own, reported
+once (by the first of its traced requests to finish). Each request's `batch` span links
+to it, and it links back to the server span of each traced request that rode in it (up
+to `MAX_LINKS`). Jaeger and Grafana Tempo show a span's links in its details, with a
+click through to the linked trace: from a slow request one gets to its batch (size,
+compute time, the other requests), and from the batch to every request -- the fan-in
+that the OpenTelemetry specification gives as the use of links.
 """
 
 from __future__ import annotations
@@ -16,34 +27,20 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import secrets
+import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchrig.server.tracing import SAMPLED, TraceContext
 
+if TYPE_CHECKING:
+    from torchrig.runtime.batch_requests import BatchTimes
+    from torchrig.server.request_trace import RequestTrace
+
 log = logging.getLogger("torchrig.server")
 
-STAGES = ("decode", "compute", "encode")
-
-
-@dataclass(frozen=True)
-class RequestMarks:
-    """Wall-clock nanoseconds at the request's stage boundaries (0: not reached)."""
-
-    start: int
-    decoded: int = 0
-    computed: int = 0
-    encoded: int = 0
-    end: int = 0
-
-    @classmethod
-    def of(cls, taken: list[int]) -> RequestMarks:
-        """From the boundaries taken so far (start first); the end is now."""
-        start, decoded, computed, encoded = (*taken, 0, 0, 0)[:4]
-        return cls(start, decoded, computed, encoded, time.time_ns())
+MAX_LINKS = 128  # the SDK's default span link limit (OTEL_SPAN_LINK_COUNT_LIMIT)
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
@@ -78,6 +75,7 @@ class SpanRecorder:
         self._resource = resource
         self._scope = scope
         self.root_ratio = root_ratio  # the share of new traces (no caller's) sampled
+        self._salt = random.getrandbits(128)  # shared batch spans' ids: salt + batch id
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> SpanRecorder | None:
@@ -106,22 +104,22 @@ class SpanRecorder:
 
     def record(
         self,
-        trace: TraceContext,
-        marks: RequestMarks,
+        request: RequestTrace,
         *,
         model: str,
         version: str | None,
         status: int,
-        batch_size: int | None = None,
+        end_ns: int,
     ) -> None:
-        """The request's server span and its stage spans, queued for export (none when
-        the caller's trace is not sampled)."""
+        """The request's server span and its stage spans (and its batches' shared spans
+        not reported yet), queued for export; none when its trace is not sampled."""
+        trace = request.context
         if not trace.flags & SAMPLED:
             return
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+        from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
         from opentelemetry.trace.status import Status, StatusCode
 
+        wall = time.time_ns() - time.monotonic_ns()  # monotonic -> wall-clock ns
         trace_id, flags = int(trace.trace_id, 16), TraceFlags(trace.flags)
         server = SpanContext(trace_id, int(trace.span_id, 16), False, flags)
         parent = None
@@ -131,41 +129,116 @@ class SpanRecorder:
         if version is not None:
             attributes["torchrig.model_version"] = version
         failed = Status(StatusCode.ERROR) if status >= 500 else Status(StatusCode.UNSET)
-        spans = [
-            ReadableSpan(
-                f"infer {model}",
-                context=server,
-                parent=parent,
-                resource=self._resource,
-                attributes=attributes,
-                kind=SpanKind.SERVER,
-                status=failed,
-                start_time=marks.start,
-                end_time=marks.end,
-                instrumentation_scope=self._scope,
+        self._span(f"infer {model}", server, parent, request.start_ns + wall, end_ns + wall,
+                   attributes=attributes, kind=SpanKind.SERVER, status=failed)  # fmt: skip
+
+        def child(name: str, begin: int, finish: int, under: Any = server, **extra: Any) -> Any:
+            context = SpanContext(trace_id, _span_id(), False, flags)
+            self._span(name, context, under, begin + wall, finish + wall, **extra)
+            return context
+
+        if request.decoded_ns:
+            child("decode", request.start_ns, request.decoded_ns)
+        stages = request.times.stages if request.times is not None else []
+        for index, stage in enumerate(stages):
+            # a stage ends where the next one queued, the last where the request resumed
+            after = stages[index + 1].queued_ns if index + 1 < len(stages) else 0
+            after = after or request.resumed_ns or end_ns
+            batch = stage.batch
+            if batch is None:  # dropped in the queue (deadline, cancelled, shutdown)
+                where = {"torchrig.batcher": stage.model}
+                child("queue_wait", stage.queued_ns, after, attributes=where)
+                continue
+            child("queue_wait", stage.queued_ns, batch.started_ns)
+            shared = self._batch_context(batch)
+            context = child(
+                "batch",
+                batch.started_ns,
+                max(after, batch.started_ns),
+                attributes=_batch_attributes(batch, stage.model),
+                links=[Link(shared)],
+                status=Status(StatusCode.ERROR) if batch.failed else Status(StatusCode.UNSET),
             )
-        ]
-        bounds = (marks.start, marks.decoded, marks.computed, marks.encoded)
-        for name, begin, finish in zip(STAGES, bounds, bounds[1:], strict=False):
-            if not finish:
-                break
-            stage_attributes: dict[str, Any] = {}
-            if name == "compute" and batch_size is not None:
-                stage_attributes["torchrig.batch_size"] = batch_size
-            spans.append(
-                ReadableSpan(
-                    name,
-                    context=SpanContext(trace_id, int(secrets.token_hex(8), 16), False, flags),
-                    parent=server,
-                    resource=self._resource,
-                    attributes=stage_attributes,
-                    start_time=begin,
-                    end_time=finish,
-                    instrumentation_scope=self._scope,
+            child("compute", batch.started_ns, batch.compute_end_ns, under=context)
+            if batch.claim():
+                self._report_batch(batch, stage.model, shared, wall)
+        if request.encoded_ns and request.resumed_ns:
+            child("encode", request.resumed_ns, request.encoded_ns)
+
+    def _batch_context(self, batch: BatchTimes) -> Any:
+        """The shared batch span's context: derived from the process-unique batch id, so
+        every member names the same span without coordinating."""
+        from opentelemetry.trace import SpanContext, TraceFlags
+
+        trace_id = (self._salt + batch.batch_id) % (1 << 128) or 1
+        span_id = (self._salt + batch.batch_id) % (1 << 64) or 1
+        return SpanContext(trace_id, span_id, False, TraceFlags(SAMPLED))
+
+    def _report_batch(self, batch: BatchTimes, model: str, context: Any, wall: int) -> None:
+        from opentelemetry.trace import Link, SpanContext, TraceFlags
+        from opentelemetry.trace.status import Status, StatusCode
+
+        links = []
+        for member in batch.members:
+            traced = member.tag
+            if isinstance(traced, TraceContext) and traced.flags & SAMPLED:
+                server = SpanContext(
+                    int(traced.trace_id, 16), int(traced.span_id, 16), False, TraceFlags(SAMPLED)
                 )
-            )
-        for span in spans:
-            self._processor.on_end(span)
+                links.append(Link(server))
+                if len(links) == MAX_LINKS:
+                    break
+        batch.members.clear()  # reported: no cycle (batch -> member -> stage -> batch) to keep
+        self._span(
+            f"batch {model}",
+            context,
+            None,
+            batch.started_ns + wall,
+            batch.ended_ns + wall,
+            attributes=_batch_attributes(batch, model),
+            links=links,
+            status=Status(StatusCode.ERROR) if batch.failed else Status(StatusCode.UNSET),
+        )
+
+    def _span(
+        self,
+        name: str,
+        context: Any,
+        parent: Any,
+        start: int,
+        end: int,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """One finished span (wall-clock ns), to the processor."""
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        span = ReadableSpan(
+            name,
+            context=context,
+            parent=parent,
+            resource=self._resource,
+            attributes=attributes or {},
+            start_time=start,
+            end_time=max(end, start),
+            instrumentation_scope=self._scope,
+            **options,
+        )
+        self._processor.on_end(span)
 
     def shutdown(self) -> None:
         self._processor.shutdown()
+
+
+def _span_id() -> int:
+    return random.getrandbits(64) or 1  # as the SDK makes them (see tracing._random_hex)
+
+
+def _batch_attributes(batch: BatchTimes, batcher: str) -> dict[str, Any]:
+    return {
+        "torchrig.batcher": batcher,
+        "torchrig.batch.id": batch.batch_id,
+        "torchrig.batch.size": batch.rows,
+        "torchrig.batch.requests": batch.requests,
+    }

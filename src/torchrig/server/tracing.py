@@ -6,8 +6,9 @@ when none came or it was malformed), so a proxy or client can join its spans to 
 server's. The trace id goes into every log line about the request with its request id.
 
 The access log is one JSON line per request on the "torchrig.access" logger: model,
-version, status, request and response bytes, and the duration, sampled at
-`access_log_sample` (errors always), for Fluent Bit / Loki.
+version, status, transport, request and response bytes, the duration and its split
+(decode, queue, compute, encode; the batch's size and id), sampled at `access_log_sample`
+(server errors always), for Fluent Bit / Loki.
 """
 
 from __future__ import annotations
@@ -84,16 +85,23 @@ def _parse(value: str) -> tuple[str, str, int] | None:
 
 
 class AccessLog:
-    """Decides which requests get an access-log line, and writes it."""
+    """Decides which requests get an access-log line, and writes it.
+
+    The decision is taken when a request starts (`pick`), so that only the picked
+    requests have their time split recorded by the batcher; a server error gets its line
+    whatever the pick (then with the split only when it was recorded)."""
 
     def __init__(self, sample: float, *, rng: random.Random | None = None) -> None:
         self.sample = min(max(sample, 0.0), 1.0)
         self._rng = rng or random.Random()
 
+    def pick(self) -> bool:
+        """Whether this request's line is wanted, server errors aside (sampled)."""
+        sample = self.sample
+        return sample >= 1.0 or (sample > 0.0 and self._rng.random() < sample)
+
     def wanted(self, status: int) -> bool:
-        if status >= 500 or self.sample >= 1.0:
-            return True
-        return self.sample > 0.0 and self._rng.random() < self.sample
+        return status >= 500 or self.pick()
 
     def write(
         self,
@@ -106,23 +114,26 @@ class AccessLog:
         request_bytes: int,
         response_bytes: int,
         duration_s: float,
+        picked: bool | None = None,
+        split: Mapping[str, float | int] | None = None,
+        transport: str = "http",
     ) -> None:
-        if not self.wanted(status):
+        """The line, when `picked` (None: decide now) or a server error. `split` adds the
+        time split (decode_ms, queue_ms, compute_ms, encode_ms, batch_size, batch_id)."""
+        if status < 500 and not (self.pick() if picked is None else picked):
             return
-        access_log.info(
-            "%s %s %d",
-            model,
-            version or "-",
-            status,
-            extra={
-                "request_id": request_id,
-                "trace_id": trace.trace_id,
-                "span_id": trace.span_id,
-                "model": model,
-                "version": version,
-                "status": status,
-                "request_bytes": request_bytes,
-                "response_bytes": response_bytes,
-                "duration_ms": round(duration_s * 1000, 3),
-            },
-        )
+        fields: dict[str, object] = {
+            "request_id": request_id,
+            "trace_id": trace.trace_id,
+            "span_id": trace.span_id,
+            "model": model,
+            "version": version,
+            "status": status,
+            "transport": transport,
+            "request_bytes": request_bytes,
+            "response_bytes": response_bytes,
+            "duration_ms": round(duration_s * 1000, 3),
+        }
+        if split:
+            fields.update(split)
+        access_log.info("%s %s %d", model, version or "-", status, extra=fields)

@@ -36,12 +36,14 @@ from torchrig.server.grpc.settings import log_changes, log_response, trace_chang
 from torchrig.server.grpc.status import code_of, outcome_of, trailers_of
 from torchrig.server.management import Management
 from torchrig.server.peers import grpc_peer
+from torchrig.server.request_trace import RequestTracing
 from torchrig.server.shm import (
     CUDA_SHM_UNSUPPORTED,
     CudaSharedMemoryUnsupported,
     access,
     client_uid,
 )
+from torchrig.server.tracing import TraceContext
 from torchrig.server.triton import model_config
 
 log = logging.getLogger("torchrig.server")
@@ -64,6 +66,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             token=state.management_token,
         )
         self.port: int | None = None  # the port it serves on, once bound
+        # when no V2App shares its access log and span recorder (state.tracing)
+        self._tracing = RequestTracing(state.trace_settings.access_log, None)
 
     def peer_uid(self, context: Context) -> int:
         """The user of the calling process (shared memory: loopback clients only)."""
@@ -220,8 +224,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         request_id = request.id or f"{self._id_prefix}-{next(self._ids):x}"
         served_version: str | None = version
         started = time.perf_counter()
+        tracing = state.tracing or self._tracing
+        trace = TraceContext.from_headers(
+            _metadata(context),
+            root_ratio=state.trace_settings.root_ratio(model),
+        )
+        timeline = tracing.begin(trace)  # stage marks for the access line and spans
         state.metrics.request_started(model)
-        outcome = "error"
+        outcome, status = "error", 500
+        response: pb.ModelInferResponse | None = None
         try:
             if state.shutting_down:
                 raise QueueFull(
@@ -242,13 +253,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             decoded = decode_request(
                 request, accept=accept, max_body_bytes=self.max_body, shm_read=shm_read
             )
+            timeline.decoded_ns = time.monotonic_ns()
             timeout = state.settings.request_timeout_s
             if decoded.timeout_s is not None:
                 timeout = min(decoded.timeout_s, state.settings.max_request_timeout_s)
             if time_remaining is not None:  # the call's own deadline
                 timeout = min(timeout, max(time_remaining, 0.0))
-            outputs = await state.registry.submit(served, decoded.inputs, timeout_s=timeout)
+            outputs = await timeline.submit(
+                state.registry.submit, served, decoded.inputs, timeout_s=timeout
+            )
             served_version = str(served.version)
+            timeline.resumed_ns = time.monotonic_ns()
             response = encode_response(
                 model_name=model,
                 model_version=served_version,
@@ -260,19 +275,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 batching=manifest.batching,
                 shm_write=shm_write,
             )
-            outcome = "success"
+            timeline.encoded_ns = time.monotonic_ns()
+            outcome, status = "success", 200
             return response
         except asyncio.CancelledError:
-            outcome = "bad_request"  # the client cancelled or its deadline passed
+            outcome, status = "bad_request", 499  # the client cancelled or its deadline passed
             raise
         except TorchrigError as exc:
-            outcome = outcome_of(code_of(exc))
+            outcome, status = outcome_of(code_of(exc)), exc.status_code
             if exc.status_code >= 500:
                 log.warning(
                     "request failed: %s",
                     exc.message,
                     extra={
                         "request_id": request_id,
+                        "trace_id": trace.trace_id,
                         "model": model,
                         "version": served_version,
                         "status": exc.status_code,
@@ -286,6 +303,18 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             )
             state.statistics.request(
                 model, served_version, ok=outcome == "success", duration_s=duration_s
+            )
+            logged = timeline.picked or status >= 500  # sizes only for a line written
+            tracing.finish(
+                timeline,
+                request_id=request_id,
+                model=model,
+                version=served_version,
+                status=status,
+                request_bytes=request.ByteSize() if logged else 0,
+                response_bytes=response.ByteSize() if logged and response is not None else 0,
+                duration_s=duration_s,
+                transport="grpc",
             )
 
     # ---- system shared memory ---------------------------------------------------------------
