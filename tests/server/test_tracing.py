@@ -22,6 +22,7 @@ from tritonclient import grpc as tgrpc
 
 from doubles import until
 from faults import body, pack_faulty
+from pipeline_models import build_repo as build_pipeline_repo
 from serving import running
 from torchrig.repository import BatchingConfig, ModelConfig
 from torchrig.server.logs import JsonFormatter
@@ -351,6 +352,37 @@ def test_requests_of_one_batch_over_rest_and_grpc_link_to_its_span(
         (grpc_trace, grpc_tree["infer m"].span_id),
     }
     assert len([s for s in otlp.spans if s.name == "batch m/1"]) == 1  # reported once
+
+
+def test_a_pipeline_request_has_a_batch_per_member(otlp: OtlpReceiver, tmp_path: Path) -> None:
+    repo = build_pipeline_repo(tmp_path / "models")
+    features = {"name": "features", "shape": [2, 6], "datatype": "FP32", "data": [0.5] * 12}
+    with running(repo, ServeSettings(port=0, log_format="text")) as (url, _state):
+        reply = httpx.post(
+            f"{url}/v2/models/chain/infer",
+            json={"inputs": [features]},
+            headers=traced(TRACE),
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        until(
+            lambda: len(request_tree_spans(otlp.spans)) >= 9, "the pipeline's spans", timeout_s=30
+        )
+    spans = request_tree_spans(otlp.spans)
+    names = sorted(span.name for span in spans)
+    assert names == sorted(
+        ["infer chain", "decode", "encode", *["queue_wait", "batch", "compute"] * 2]
+    )
+    batches = sorted((s for s in spans if s.name == "batch"), key=lambda s: s.start_time_unix_nano)
+    members = [attributes_of(batch)["torchrig.batcher"].split("/")[0] for batch in batches]
+    assert members == ["encoder", "head"]  # in the pipeline's order, one after the other
+    assert batches[0].end_time_unix_nano <= batches[1].start_time_unix_nano
+    computes = [s for s in spans if s.name == "compute"]
+    assert {c.parent_span_id for c in computes} == {b.span_id for b in batches}
+
+
+def request_tree_spans(received: list[Any]) -> list[Any]:
+    return [span for span in received if span.trace_id.hex() == TRACE]
 
 
 def test_new_traces_are_sampled_at_the_configured_ratio() -> None:
