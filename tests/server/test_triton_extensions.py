@@ -73,6 +73,14 @@ def test_statistics_count_the_requests(demo_repo: Path) -> None:
     assert inference["success"]["ns"] > 0
     assert inference["queue"]["count"] == 5
     assert inference["compute_infer"]["count"] == 5
+    # decoding and encoding, timed by the transports, for each of the five requests
+    for stage in ("compute_input", "compute_output"):
+        assert inference[stage]["count"] == 5
+        assert inference[stage]["ns"] > 0
+        assert inference[stage]["ns"] < inference["success"]["ns"]
+    grpc_inference = over_grpc[0]["inference_stats"]
+    assert int(grpc_inference["compute_input"]["count"]) == 5
+    assert int(grpc_inference["compute_output"]["ns"]) == inference["compute_output"]["ns"]
     assert stats["inference_count"] == 1 + 2 + 3 + 4 + 5
     batches = stats["batch_stats"]
     assert sum(b["compute_infer"]["count"] for b in batches) == stats["execution_count"]

@@ -533,7 +533,12 @@ class V2App:
                 model, served_version, outcome=outcome, duration_s=duration_s
             )
             state.statistics.request(
-                model, served_version, ok=outcome == "success", duration_s=duration_s
+                model,
+                served_version,
+                ok=outcome == "success",
+                duration_s=duration_s,
+                input_ns=timeline.decoded_ns - timeline.start_ns,
+                output_ns=timeline.encoded_ns - timeline.resumed_ns,
             )
             self.tracing.finish(
                 timeline,

@@ -9,7 +9,11 @@ its messages, so both transports answer the same.
 
 Statistics are counted per process (with `--workers N`, per worker, as a scrape shows one
 worker). `compute_infer` is the batch's executor call, input concatenation and output
-split included; `compute_input` and `compute_output` count the same requests with 0 ns.
+split included; `compute_input` is the transport's decoding of a successful request into
+tensors (the REST body read included; shared-memory inputs mapped), and `compute_output`
+its encoding of the answer (shared-memory outputs written), both timed by the transports.
+Per batch size, `compute_input` and `compute_output` count the batches with 0 ns (the
+request's own stages are not split by batch).
 """
 
 from __future__ import annotations
@@ -129,8 +133,18 @@ class Statistics:
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], _VersionStats] = defaultdict(_VersionStats)
 
-    def request(self, model: str, version: str | None, *, ok: bool, duration_s: float) -> None:
-        """A request to a served version ended. Requests that named no served version are
+    def request(
+        self,
+        model: str,
+        version: str | None,
+        *,
+        ok: bool,
+        duration_s: float,
+        input_ns: int = 0,
+        output_ns: int = 0,
+    ) -> None:
+        """A request to a served version ended (`input_ns`, `output_ns`: its decoding and
+        encoding, counted when it succeeded). Requests that named no served version are
         not kept: a client probing random names must not grow the table."""
         if version is None or not any(
             v.model == model and str(v.version) == version for v in self.registry.versions()
@@ -139,6 +153,11 @@ class Statistics:
         with self._lock:
             stats = self._versions[(model, version)]
             (stats.success if ok else stats.fail).add(duration_s)
+            if ok:
+                stats.compute_input.count += 1
+                stats.compute_input.ns += max(input_ns, 0)
+                stats.compute_output.count += 1
+                stats.compute_output.ns += max(output_ns, 0)
 
     def batch(self, model: str, version: str, record: BatchRecord) -> None:
         with self._lock:
@@ -152,8 +171,6 @@ class Statistics:
             for wait in record.queue_waits_s:
                 stats.queue.add(wait)
             stats.compute_infer.add(record.compute_s * record.requests, record.requests)
-            stats.compute_input.add(0.0, record.requests)
-            stats.compute_output.add(0.0, record.requests)
 
     def observer(
         self, metrics: Callable[[str, str], BatchObserver]

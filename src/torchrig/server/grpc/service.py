@@ -302,7 +302,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 model, served_version, outcome=outcome, duration_s=duration_s
             )
             state.statistics.request(
-                model, served_version, ok=outcome == "success", duration_s=duration_s
+                model,
+                served_version,
+                ok=outcome == "success",
+                duration_s=duration_s,
+                input_ns=timeline.decoded_ns - timeline.start_ns,
+                output_ns=timeline.encoded_ns - timeline.resumed_ns,
             )
             logged = timeline.picked or status >= 500  # sizes only for a line written
             tracing.finish(
