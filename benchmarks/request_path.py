@@ -1,0 +1,163 @@
+"""CPU per request of torchrig's own request path, without sockets: the V2 app (ASGI)
+driven in-process with the demo ranker's one-row V2 JSON request, in this thread's CPU
+time, so the figure holds on a shared, busy machine where req/s and wall-clock latencies
+do not.
+
+What runs is everything the server does for an infer request from the ASGI call on
+(routing, body read, decode, validation, registry, batcher, the program, metrics, tracing
+ids, response encoding, the disconnect watch); what does not is uvicorn's HTTP parsing and
+the socket syscalls (the bare ASGI app pays those too). Two loads:
+  c=1   one request at a time: a batch per request
+  c=64  64 requests submitted together, awaited together, repeatedly: batches form as
+        under 64 connections
+Printed: the median over `--samples` samples of CPU µs per request, and the batches per
+request. `--profile FILE` also writes a cProfile of one more sample at each load, timed in
+this thread's CPU time (call counts are exact; times include the profiler's own).
+
+Run: `python benchmarks/request_path.py [--requests 2000] [--samples 5] [--profile out.prof]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def ranker_body() -> bytes:
+    from torchrig.demo import DemoRanker
+
+    dense, sparse = DemoRanker.example_inputs(2)
+    request = {
+        "inputs": [
+            {"name": "dense", "shape": [1, 13], "datatype": "FP32", "data": dense[:1].tolist()},
+            {"name": "sparse", "shape": [1, 26], "datatype": "INT64", "data": sparse[:1].tolist()},
+        ]
+    }
+    return json.dumps(request, separators=(",", ":")).encode()
+
+
+class Client:
+    """One in-process HTTP/1.1 POST through the ASGI app, as uvicorn would call it."""
+
+    def __init__(self, app: Any, body: bytes) -> None:
+        self.app = app
+        self.body = body
+        self.scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v2/models/ranker/infer",
+            "raw_path": b"/v2/models/ranker/infer",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"127.0.0.1:8000"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000),
+        }
+
+    async def post(self) -> int:
+        done = asyncio.Event()
+        sent_body = False
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": self.body, "more_body": False}
+            await done.wait()  # the disconnect watch waits here until the response is sent
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif not message.get("more_body", False):
+                done.set()
+
+        await self.app(dict(self.scope), receive, send)
+        return status
+
+
+async def run(args: argparse.Namespace) -> int:
+    from torchrig.demo import build_demo_repository
+    from torchrig.server.app import V2App
+    from torchrig.server.runner import build_state
+    from torchrig.settings import ServeSettings
+
+    work = Path(tempfile.mkdtemp(prefix="torchrig-request-path-"))
+    repo = build_demo_repository(work / "repo")
+    state = build_state(repo, ServeSettings())
+    app = V2App(state)
+    await state.lifespan_hooks["startup"]()
+    client = Client(app, ranker_body())
+    batcher = state.registry.resolve("ranker").batcher  # type: ignore[union-attr]
+
+    async def sample(concurrency: int) -> tuple[float, float]:
+        batches = batcher.stats().batches
+        started = time.thread_time()
+        for _ in range(args.requests // concurrency):
+            statuses = await asyncio.gather(*(client.post() for _ in range(concurrency)))
+            if any(s != 200 for s in statuses):
+                raise RuntimeError(f"statuses {set(statuses)}")
+        spent = time.thread_time() - started
+        count = args.requests // concurrency * concurrency
+        return spent / count * 1e6, (batcher.stats().batches - batches) / count
+
+    print(f"inline batches: {batcher.inline}; program traced: "
+          f"{getattr(batcher.executor.program, 'traced', None)}")  # fmt: skip
+    for concurrency in (1, 64):
+        await sample(concurrency)  # warm
+        results = [await sample(concurrency) for _ in range(args.samples)]
+        cpu = statistics.median(r[0] for r in results)
+        per = statistics.median(r[1] for r in results)
+        print(f"c={concurrency:<3} CPU {cpu:7.1f} us/request   batches/request {per:.3f}")
+        if args.profile:
+            profile = cProfile.Profile(time.thread_time)  # CPU, not wall (busy machines)
+            profile.enable()
+            await sample(concurrency)
+            profile.disable()
+            out = args.profile.with_name(f"{args.profile.stem}_c{concurrency}.prof")
+            profile.dump_stats(out)
+            print(f"      profile: {out}")
+    await state.lifespan_hooks["shutdown"]()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=2048, help="requests per sample")
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--profile", type=Path, help="write cProfile stats next to this name")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        import uvloop
+
+        return uvloop.run(run(args))
+    except ImportError:
+        return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
