@@ -68,14 +68,16 @@ def decode_request(
     accept: Declared,
     max_body_bytes: int,
     shm_read: ShmReader | None = None,
+    raw_contents: Sequence[Any] | None = None,
 ) -> DecodedRequest:
     """The request's inputs as tensors (BytesTensor for BYTES), its outputs and parameters.
 
     `accept(name, datatype, shape)` checks each input's declaration against the model's
     signature before its data is converted (InvalidInput names what is wrong). Inputs in
     shared memory are read with `shm_read`; the others come in `raw_input_contents` (one
-    each, in order) or all in typed contents."""
-    raw = list(request.raw_input_contents)
+    each, in order; or in `raw_contents`, views split off before parsing) or all in typed
+    contents."""
+    raw = list(request.raw_input_contents) if raw_contents is None else raw_contents
     in_shm = [_shm(tensor.parameters, f"input {tensor.name!r}") for tensor in request.inputs]
     direct = sum(1 for place in in_shm if place is None)
     if raw and len(raw) != direct:
@@ -167,7 +169,9 @@ def _timeout_s(value: Any) -> float | None:
     return value / 1e6 if value else None
 
 
-def _raw_tensor(name: str, datatype: str, shape: list[int], count: int, data: bytes) -> Any:
+def _raw_tensor(name: str, datatype: str, shape: list[int], count: int, data: Any) -> Any:
+    """An input of `raw_input_contents`: `bytes`, or a memoryview into the request gRPC
+    received (`raw_contents.py`)."""
     if datatype == "BYTES":
         return binary_bytes_tensor(name, data, start=0, size=len(data), shape=shape, count=count)
     expected = count * ITEMSIZE[datatype]
@@ -176,15 +180,17 @@ def _raw_tensor(name: str, datatype: str, shape: list[int], count: int, data: by
             f"input {name!r}: its raw contents are {len(data)} bytes but {datatype} "
             f"{shape} takes {expected}"
         )
-    if len(data) < VIEW_FROM_BYTES:  # small: a writable copy
+    view = np.frombuffer(data, np.uint8)
+    if len(data) < VIEW_FROM_BYTES or view.ctypes.data % ITEMSIZE[datatype]:
+        # small (a copy costs nothing), or not aligned to its elements: a writable copy
         return _buffer_tensor(
             name, datatype, shape, count, np.frombuffer(bytearray(data), np.uint8)
         )
-    # large: the tensor views the `bytes` object protobuf made for this request alone (no
-    # second copy of a 1 MB frame batch); torch warns that it cannot mark it read-only
+    # large: the tensor views the request's own bytes (no copy of a 1 MB frame batch);
+    # torch warns that it cannot mark them read-only
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return _buffer_tensor(name, datatype, shape, count, np.frombuffer(data, np.uint8))
+        return _buffer_tensor(name, datatype, shape, count, view)
 
 
 def _typed_tensor(

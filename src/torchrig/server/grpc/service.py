@@ -32,6 +32,7 @@ from torchrig.server.grpc.codec import decode_request, encode_response
 from torchrig.server.grpc.generated import grpc_service_pb2 as pb
 from torchrig.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from torchrig.server.grpc.generated import model_config_pb2
+from torchrig.server.grpc.raw_contents import InferCall, register
 from torchrig.server.grpc.settings import log_changes, log_response, trace_changes, trace_response
 from torchrig.server.grpc.status import code_of, outcome_of, trailers_of
 from torchrig.server.management import Management
@@ -74,7 +75,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return client_uid(grpc_peer(context.peer() or ""), self.port)
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)  # type: ignore[no-untyped-call]
+        # ModelInfer's raw tensor bytes are viewed where gRPC received them (raw_contents.py)
+        register(pb_grpc.add_GRPCInferenceServiceServicer_to_server, self, server)
 
     async def _answer(self, context: Context, work: Callable[[], Awaitable[Reply]]) -> Reply:
         """Run a handler; a TorchrigError ends the call with its status, anything else
@@ -167,11 +169,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference ----------------------------------------------------------------------------
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> pb.ModelInferResponse:
+    async def ModelInfer(self, call: InferCall, context: Context) -> pb.ModelInferResponse:
         return await self._answer(
-            context, partial(self.infer, request, context.time_remaining(), context)
+            context,
+            partial(self.infer, call.request, context.time_remaining(), context, call),
         )
 
     async def ModelStreamInfer(
@@ -216,9 +217,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return access(self.state.shared_memory, partial(self.peer_uid, context))
 
     async def infer(
-        self, request: pb.ModelInferRequest, time_remaining: float | None, context: Context
+        self,
+        request: pb.ModelInferRequest,
+        time_remaining: float | None,
+        context: Context,
+        call: InferCall | None = None,
     ) -> pb.ModelInferResponse:
-        """Serve one ModelInferRequest on the shared data plane, with metrics and logs."""
+        """Serve one ModelInferRequest on the shared data plane, with metrics and logs
+        (`call`: as ModelInfer deserialized it, its raw contents perhaps split off)."""
         state = self.state
         model, version = request.model_name, request.model_version or None
         request_id = request.id or f"{self._id_prefix}-{next(self._ids):x}"
@@ -251,7 +257,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             )
             shm_read, shm_write = self._shared_memory(context)
             decoded = decode_request(
-                request, accept=accept, max_body_bytes=self.max_body, shm_read=shm_read
+                request,
+                accept=accept,
+                max_body_bytes=self.max_body,
+                shm_read=shm_read,
+                raw_contents=call.raw if call is not None else None,
             )
             timeline.decoded_ns = time.monotonic_ns()
             timeout = state.settings.request_timeout_s
@@ -316,7 +326,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 model=model,
                 version=served_version,
                 status=status,
-                request_bytes=request.ByteSize() if logged else 0,
+                request_bytes=(
+                    request.ByteSize() + (call.raw_bytes() if call is not None else 0)
+                    if logged
+                    else 0
+                ),
                 response_bytes=response.ByteSize() if logged and response is not None else 0,
                 duration_s=duration_s,
                 transport="grpc",
