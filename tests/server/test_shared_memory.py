@@ -118,3 +118,33 @@ def test_bad_keys_and_other_users_regions(server: tuple[str, Any]) -> None:
         assert "another user" in caught.value.message()
     finally:
         shm.destroy_shared_memory_region(handle)
+
+
+def test_inputs_are_read_in_place_and_outputs_written_from_tensor_memory() -> None:
+    """The server maps a region once: inputs are views of it (integers, which a model may
+    index with, are copied), and an output's array is written without a bytes copy."""
+    from torchrig.protocol.shared_memory import private_copy
+    from torchrig.server.shm import SharedMemory
+
+    tag = secrets.token_hex(4)
+    region = shm.create_shared_memory_region(f"view{tag}", f"/view_{tag}", 64)
+    shared = SharedMemory()
+    try:
+        shared.register("view", f"/view_{tag}", 0, 64, os.getuid())
+        shm.set_shared_memory_region(region, [np.arange(16, dtype=np.float32)])
+        pixels = shared.read("view", 0, 16, uid=os.getuid(), what="input")
+        assert private_copy("UINT8", pixels) is pixels
+        indices = private_copy("INT64", pixels)
+        assert indices is not pixels
+        shm.set_shared_memory_region(region, [np.full(16, 7, dtype=np.float32)])
+        assert pixels.view(np.float32)[0] == 7.0  # the client's memory, not a copy
+        assert indices.view(np.float32)[0] == 0.0
+        written = shared.write(
+            "view", 16, 32, np.array([1.5, 2.5], np.float32), uid=os.getuid(), what="output"
+        )
+        assert written == 8
+        got = shm.get_contents_as_numpy(region, np.float32, [16])
+        assert got[4:6].tolist() == [1.5, 2.5]
+    finally:
+        shared.close()
+        shm.destroy_shared_memory_region(region)

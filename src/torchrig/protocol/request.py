@@ -14,7 +14,7 @@ from torchrig.packaging.manifest import TensorSpec
 from torchrig.protocol.body import ALIGN as _ALIGN
 from torchrig.protocol.body import Buffer, decompress_body
 from torchrig.protocol.classification import class_count
-from torchrig.protocol.shared_memory import ShmReader, shm_place
+from torchrig.protocol.shared_memory import ShmReader, private_copy, shm_place
 from torchrig.protocol.tensors import (
     DATATYPES,
     ITEMSIZE,
@@ -180,7 +180,8 @@ def _from_shared_memory(
     place: tuple[str, int, int],
     shm_read: ShmReader | None,
 ) -> Any:
-    """An input's tensor from its shared-memory region (a private copy of its bytes);
+    """An input's tensor from its shared-memory region (viewing it; integer inputs copied,
+    see `private_copy`);
     `declared` is its (name, datatype, shape, element count)."""
     name, datatype, shape, count = declared
     if shm_read is None:
@@ -193,7 +194,7 @@ def _from_shared_memory(
             f"input {name!r}: shared_memory_byte_size is {size} but {datatype} {shape} "
             f"takes {count * ITEMSIZE[datatype]} bytes"
         )
-    data = shm_read(region, offset, size, f"input {name!r}")
+    data = private_copy(datatype, shm_read(region, offset, size, f"input {name!r}"))
     if datatype == "BYTES":
         return binary_bytes_tensor(name, data, start=0, size=size, shape=shape, count=count)
     return binary_tensor(data, 0, datatype, shape, count)

@@ -9,11 +9,22 @@ from typing import Any
 
 from torchrig.errors import InvalidInput
 
-# reads `size` bytes at `offset` of a registered region, as a private writable uint8 array:
-# (region, offset, size, what the bytes are for)
+# bytes, or an array whose memory is written as it lies (C-contiguous)
+Buffer = Any
+# reads `size` bytes at `offset` of a registered region, as a writable uint8 array viewing
+# the region (no copy; see `private_copy`): (region, offset, size, what the bytes are for)
 ShmReader = Callable[[str, int, int, str], Any]
-# writes an output's bytes into a region: (region, offset, size, data, what)
-ShmWriter = Callable[[str, int, int, bytes, str], None]
+# writes an output's bytes into a region, returns how many: (region, offset, size, data, what)
+ShmWriter = Callable[[str, int, int, Buffer, str], int]
+# integer inputs a model may index with: copied out of shared memory, so that a client
+# rewriting its region after validation cannot put an index out of range under the model
+COPIED_DATATYPES = frozenset(("INT8", "INT16", "INT32", "INT64", "UINT16", "UINT32", "UINT64"))
+
+
+def private_copy(datatype: str, data: Any) -> Any:
+    """`data` read from shared memory, copied if its datatype could index (see above);
+    floats, booleans and UINT8 pixels stay views of the client's region."""
+    return data.copy() if datatype in COPIED_DATATYPES else data
 
 
 def shm_place(parameters: Any, what: str) -> tuple[str, int, int] | None:

@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from torchrig.errors import InvalidInput, ManagementDisabled, ModelNotFound, TorchrigError
-from torchrig.protocol.shared_memory import ShmReader, ShmWriter
+from torchrig.protocol.shared_memory import Buffer, ShmReader, ShmWriter
 from torchrig.server.peers import is_loopback, peer_uid
 
 SHM_DIR = Path("/dev/shm")
@@ -176,23 +176,30 @@ class SharedMemory:
         return region
 
     def read(self, name: str, offset: int, byte_size: int, *, uid: int, what: str) -> np.ndarray:
-        """A private, writable copy of `byte_size` bytes of the region (uint8)."""
+        """`byte_size` bytes of the region as a writable uint8 array viewing the mapping
+        (no copy: the tensors made from it read the client's memory). The mapping stays
+        valid while a view exists, even if the region is unregistered meanwhile."""
         region = self._region(name, offset, byte_size, uid, what)
         start = region.offset + offset
-        view = np.frombuffer(region.memory, dtype=np.uint8, count=byte_size, offset=start)
-        copy: np.ndarray = view.copy()
-        return copy
+        view: np.ndarray = np.frombuffer(
+            region.memory, dtype=np.uint8, count=byte_size, offset=start
+        )
+        return view
 
     def write(
-        self, name: str, offset: int, byte_size: int, data: bytes, *, uid: int, what: str
-    ) -> None:
+        self, name: str, offset: int, byte_size: int, data: Buffer, *, uid: int, what: str
+    ) -> int:
+        """Copy `data` (bytes, or a C-contiguous array: an output tensor's own memory) into
+        the region; returns its size in bytes."""
         region = self._region(name, offset, byte_size, uid, what)
-        if len(data) > byte_size:
+        raw = memoryview(data).cast("B")
+        if raw.nbytes > byte_size:
             raise InvalidInput(
-                f"{what} takes {len(data)} bytes but its shared-memory byte_size is {byte_size}"
+                f"{what} takes {raw.nbytes} bytes but its shared-memory byte_size is {byte_size}"
             )
         start = region.offset + offset
-        region.memory[start : start + len(data)] = data
+        region.memory[start : start + raw.nbytes] = raw
+        return raw.nbytes
 
     def close(self) -> None:
         with self._lock:
@@ -226,8 +233,8 @@ def access(shared: SharedMemory, who: Callable[[], int]) -> tuple[ShmReader, Shm
     def read(region: str, offset: int, size: int, what: str) -> Any:
         return shared.read(region, offset, size, uid=user(), what=what)
 
-    def write(region: str, offset: int, size: int, data: bytes, what: str) -> None:
-        shared.write(region, offset, size, data, uid=user(), what=what)
+    def write(region: str, offset: int, size: int, data: Buffer, what: str) -> int:
+        return shared.write(region, offset, size, data, uid=user(), what=what)
 
     return read, write
 

@@ -20,7 +20,7 @@ import torch
 from torchrig.errors import InferenceFailed, InvalidInput
 from torchrig.packaging.manifest import TensorSpec
 from torchrig.protocol.classification import class_count, classify
-from torchrig.protocol.shared_memory import ShmReader, ShmWriter, shm_place
+from torchrig.protocol.shared_memory import ShmReader, ShmWriter, private_copy, shm_place
 from torchrig.protocol.tensors import (
     DATATYPES,
     ITEMSIZE,
@@ -111,7 +111,7 @@ def decode_request(
                     f"input {name!r}: shared_memory_byte_size is {size} but {datatype} "
                     f"{shape} takes {count * ITEMSIZE[datatype]} bytes"
                 )
-            data = shm_read(region, offset, size, f"input {name!r}")
+            data = private_copy(datatype, shm_read(region, offset, size, f"input {name!r}"))
             inputs[name] = _buffer_tensor(name, datatype, shape, count, data)
         elif raw:
             inputs[name] = _raw_tensor(name, datatype, shape, count, raw[raw_index])
@@ -260,22 +260,28 @@ def encode_response(
                 spec.name, spec.datatype, value, asked.class_count, label_list, batching=batching
             )
             wire_spec = TensorSpec(name=spec.name, datatype="BYTES", shape=[])
-        shape, blob = raw_output(wire_spec, value)
+        shape, memory = output_memory(wire_spec, value)
         tensor = response.outputs.add(name=spec.name, datatype=wire_spec.datatype, shape=shape)
         if asked is not None and asked.shared_memory is not None and shm_write is not None:
             region, offset, size = asked.shared_memory
-            shm_write(region, offset, size, blob, f"output {spec.name!r}")
+            # the tensor's own memory goes into the region: no bytes object in between
+            written = shm_write(region, offset, size, memory, f"output {spec.name!r}")
             tensor.parameters["shared_memory_region"].string_param = region
-            tensor.parameters["shared_memory_byte_size"].int64_param = len(blob)
+            tensor.parameters["shared_memory_byte_size"].int64_param = written
             if offset:
                 tensor.parameters["shared_memory_offset"].int64_param = offset
-            blob = b""  # raw_output_contents stay one per output, as clients index them
-        response.raw_output_contents.append(blob)
+            # raw_output_contents stay one per output, as clients index them
+            response.raw_output_contents.append(b"")
+        else:
+            response.raw_output_contents.append(
+                memory if isinstance(memory, bytes) else memory.tobytes()
+            )
     return response
 
 
-def raw_output(spec: TensorSpec, value: Any) -> tuple[list[int], bytes]:
-    """An output's shape and little-endian bytes (its signature's datatype)."""
+def output_memory(spec: TensorSpec, value: Any) -> tuple[list[int], Any]:
+    """An output's shape and its bytes: BYTES serialized, a tensor as a flat, C-contiguous
+    numpy array sharing the (CPU) tensor's memory where it can."""
     if spec.datatype == "BYTES":
         elements = [item if isinstance(item, bytes | str) else bytes(item) for item in value]
         shape = [int(d) for d in value.shape] if hasattr(value, "shape") else [len(elements)]
@@ -287,7 +293,7 @@ def raw_output(spec: TensorSpec, value: Any) -> tuple[list[int], bytes]:
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
     shape = list(tensor.shape)
-    flat = tensor.reshape(-1)
+    flat = tensor.contiguous().reshape(-1)
     if spec.datatype == "BF16":
         flat = flat.view(torch.int16)
-    return shape, flat.numpy().tobytes()
+    return shape, flat.numpy()
