@@ -81,10 +81,15 @@ class PaddingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     batching: BatchingConfig = BatchingConfig()
-    device: str = "auto"  # "auto" (cuda:0 if available), "cpu", "cuda", "cuda:N"
+    # "auto": a replica on every visible GPU (else the CPU); "cpu", "cuda", "cuda:N": that
+    # one device (torchrig.runtime.placement)
+    device: str = "auto"
+    # replicas listed explicitly, one per entry ("cpu", "cuda", "cuda:N"; repeats allowed),
+    # instead of `device`
+    devices: list[str] = []
     dtype: Literal["fp32", "fp16", "bf16"] | None = None  # None: as exported
     channels_last: bool | None = None  # None: on for 4-D float inputs on CUDA
-    instances: int = 1  # executor workers (threads) for this model
+    instances: int = 1  # per replica (per GPU with "auto"): CUDA lanes and worker threads
     # torch CPU threads each instance's batches use; None: 1 on CUDA (the host only joins
     # and copies batches), the process's torch thread count on CPU
     threads: int | None = None
@@ -149,6 +154,14 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
         )
     if not DEVICE.match(config.device):
         problems.append(f'device {config.device!r} must be "auto", "cpu", "cuda" or "cuda:N"')
+    bad_devices = [d for d in config.devices if d == "auto" or not DEVICE.match(d)]
+    if bad_devices:
+        problems.append(
+            f'devices {bad_devices}: each entry must be "cpu", "cuda" or "cuda:N" ("auto" '
+            'goes in device = "auto", which places on every visible GPU)'
+        )
+    if config.devices and config.device != "auto":
+        problems.append("set device or devices, not both (devices lists every replica)")
     if config.instances < 1:
         problems.append("instances must be >= 1")
     if config.threads is not None and config.threads < 1:
@@ -194,7 +207,7 @@ def parse_config(text: str, *, origin: str = CONFIG_FILE) -> ModelConfig:
         if not hint and message.startswith("Object contains unknown field"):
             hint = (
                 " Known keys: batching.{max_batch_size, max_queue_delay_ms, "
-                "preferred_batch_sizes, max_queue_size, inline_max_ms}, device, dtype, "
+                "preferred_batch_sizes, max_queue_size, inline_max_ms}, device, devices, dtype, "
                 "channels_last, "
                 "instances, threads, warmup, cuda_graphs, compile, trace, memory_budget, "
                 "version_policy.{policy, latest, versions}, pipeline.{outputs, step[].{model, "

@@ -1,8 +1,10 @@
 """Loading one model version beside the others, and releasing it once drained.
 
-`load_version` copies a remote version to the local cache, loads and warms the executor
-in a worker thread (the event loop keeps serving), measures its memory against the
-model's `memory_budget`, and wraps it in its own `Batcher`. Any failure leaves the
+`load_version` copies a remote version to the local cache, loads and warms an executor
+per placed device (`torchrig.runtime.placement`: with `device = "auto"`, one replica per
+visible GPU) in a worker thread (the event loop keeps serving), measures each replica's
+memory against the model's `memory_budget`, and wraps the replicas (`ReplicaSet`) in the
+version's own `Batcher`, with `instances` worker threads per replica. Any failure leaves the
 version `failed` with the reason and frees what it took; it never raises, so one broken
 version cannot take down the others. `release_version` stops the version's batcher from
 accepting, lets it finish what it already accepted, then frees the executor.
@@ -24,10 +26,12 @@ from torchrig.errors import TorchrigError
 from torchrig.packaging.manifest import Manifest
 from torchrig.repository import ModelConfig, Repository, VersionInfo, VersionPolicy
 from torchrig.runtime.batcher import Batcher, BatchObserver, DeviceFaultHandler
-from torchrig.runtime.executor import Executor, resolve_device
+from torchrig.runtime.executor import Executor
 from torchrig.runtime.faults import poisons_device
 from torchrig.runtime.memory import check_budget, host_bytes, measured_load
 from torchrig.runtime.padding import padding_for
+from torchrig.runtime.placement import Placement, describe, place, visible_cuda_count
+from torchrig.runtime.replicas import FaultHandler, ReplicaSet
 from torchrig.runtime.steps import Steps, WithSteps, load_steps
 from torchrig.runtime.threads import in_own_thread
 
@@ -55,9 +59,10 @@ class ServedVersion:
     manifest: Manifest | None = None
     reason: str | None = None  # why it failed
     warnings: list[str] = field(default_factory=list)
-    executor: Executor | None = None
+    executor: Executor | None = None  # the first replica's (signature, device, timings)
+    replicas: ReplicaSet | None = None  # every replica, the first included
     batcher: Batcher | None = None
-    memory_bytes: int | None = None  # measured at load (see torchrig.runtime.memory)
+    memory_bytes: int | None = None  # measured at load, per replica (torchrig.runtime.memory)
     steps: Steps | None = None  # the config's built-in steps, bound to the program
     local_dir: Path | None = None  # where its files were loaded from
     pipeline: Pipeline | None = None  # a pipeline model (its steps run other models)
@@ -65,6 +70,11 @@ class ServedVersion:
     @property
     def fingerprint(self) -> Fingerprint:
         return fingerprint(self.manifest, self.config)
+
+    @property
+    def serving(self) -> bool:
+        """Ready, with a replica left in rotation (a poisoned GPU takes its replicas out)."""
+        return self.state == "ready" and (self.replicas is None or self.replicas.healthy > 0)
 
     @property
     def interface(self) -> Manifest | None:
@@ -83,9 +93,21 @@ class LoadContext:
     observer: Callable[[str, str], BatchObserver] | None
     on_device_fault: DeviceFaultHandler
     allow_python_handlers: bool = False  # `serve --allow-python-handlers`
+    on_replica_fault: FaultHandler | None = None  # a replica's GPU was poisoned
 
 
-def _executor(local: Path, manifest: Manifest, config: ModelConfig, ctx: LoadContext) -> Executor:
+def placements(manifest: Manifest, config: ModelConfig, ctx: LoadContext) -> list[Placement]:
+    """Where the version's replicas go: `serve --device`, else config.toml's `devices`
+    or `device` (see torchrig.runtime.placement). A Python handler gets one replica, on
+    the first device: its code manages its own state and is not replicated."""
+    requested: str | list[str] = ctx.device or config.devices or config.device
+    wanted = place(requested, visible_cuda_count(), config.instances)
+    return wanted[:1] if manifest.format == "handler" else wanted
+
+
+def _executor(
+    local: Path, manifest: Manifest, config: ModelConfig, ctx: LoadContext, device: str
+) -> Executor:
     """A program's executor, or a Python handler's (which refuses to load unless allowed)."""
     if manifest.format == "handler":
         from torchrig.runtime.handlers import HandlerExecutor
@@ -95,44 +117,59 @@ def _executor(local: Path, manifest: Manifest, config: ModelConfig, ctx: LoadCon
             manifest,
             config,
             allowed=ctx.allow_python_handlers,
-            device=ctx.device,
+            device=device,
             environment=ctx.environment,
         )
-    return Executor(local, manifest, config, device=ctx.device, environment=ctx.environment)
+    return Executor(local, manifest, config, device=device, environment=ctx.environment)
 
 
-def _load_blocking(served: ServedVersion, version: VersionInfo, ctx: LoadContext) -> None:
-    """In a worker thread: copy, load, warm up, measure; the executor is set on success."""
-    manifest = version.manifest
-    if manifest is None:  # pragma: no cover - only complete versions are loaded
-        raise TorchrigError(f"{version.model} version {version.version} has no manifest")
-    local = Path(ctx.repository.local_version_dir(version))
-    served.local_dir = local
-    executor = _executor(local, manifest, served.config, ctx)
-    try:
-        target = resolve_device(executor.requested_device)
-    except TorchrigError:
-        target = "cpu"  # executor.load() raises the same error with its fix
-    with measured_load(target) as measure:
+def _load_replica(
+    served: ServedVersion, local: Path, manifest: Manifest, ctx: LoadContext, device: str
+) -> Executor:
+    """Load, warm up and measure one replica on `device` (unloaded again if over budget)."""
+    executor = _executor(local, manifest, served.config, ctx, device)
+    with measured_load(device) as measure:
         executor.load()
     try:
         used, how = measure.used_bytes, measure.how
         if not how:
             files = sum(item.size for item in manifest.files)
             used, how = host_bytes(executor.program, files)
-        served.memory_bytes = used
+        served.memory_bytes = max(used, served.memory_bytes or 0)
         check_budget(
-            f"{version.model} version {version.version}",
+            f"{manifest.name} version {manifest.version}",
             served.config.memory_budget,
             used,
             how,
             executor.device,
         )
-        served.steps = load_steps(served.config, manifest, local, executor)
     except BaseException:
         executor.unload()
         raise
-    served.executor = executor
+    return executor
+
+
+def _load_blocking(served: ServedVersion, version: VersionInfo, ctx: LoadContext) -> None:
+    """In a worker thread: copy, then load every replica; the replicas are set on success."""
+    manifest = version.manifest
+    if manifest is None:  # pragma: no cover - only complete versions are loaded
+        raise TorchrigError(f"{version.model} version {version.version} has no manifest")
+    local = Path(ctx.repository.local_version_dir(version))
+    served.local_dir = local
+    wanted = placements(manifest, served.config, ctx)
+    loaded: list[Executor] = []
+    try:
+        for placement in wanted:
+            loaded.append(_load_replica(served, local, manifest, ctx, placement.device))
+        replicas = ReplicaSet(loaded, on_fault=ctx.on_replica_fault)
+        served.steps = load_steps(served.config, manifest, local, replicas)
+    except BaseException:
+        for executor in loaded:
+            executor.unload()
+        raise
+    if len(wanted) > 1:
+        log.info("%s version %s on %s", version.model, version.version, describe(wanted))
+    served.executor, served.replicas = loaded[0], replicas
 
 
 async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadContext) -> None:
@@ -153,8 +190,8 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         if served.local_dir is not None:
             ctx.repository.release_local_dir(served.local_dir)
         return
-    executor = served.executor
-    if executor is None:  # pragma: no cover - set by _load_blocking on success
+    executor, replicas = served.executor, served.replicas
+    if executor is None or replicas is None:  # pragma: no cover - set by _load_blocking
         served.state, served.reason = "failed", "the executor did not load"
         return
     served.warnings = list(executor.warnings)
@@ -162,20 +199,27 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
     if ctx.observer is not None:
         observer = ctx.observer(version.model, str(version.version))
     manifest = version.manifest
-    engine = executor if served.steps is None else WithSteps(executor, served.steps)
+    engine = replicas if served.steps is None else WithSteps(replicas, served.steps)
+
+    def device_fault(exc: BaseException) -> None:
+        # a poisoned replica was taken out (ReplicaSet); the version still serves unless
+        # it was the last one, which the registry reports through on_replica_fault too
+        if replicas.healthy == 0 or ctx.on_replica_fault is None:
+            ctx.on_device_fault(exc)
+
     served.batcher = Batcher(
         engine,
         served.config.batching,
-        instances=served.config.instances,
+        instances=served.config.instances * len(replicas),
         batching=manifest.batching if manifest is not None else True,
         name=f"{version.model}/{version.version}",
         threads=executor.intra_op_threads,
         pin_batches=executor.wants_pinned_batches,
         observer=observer,
-        on_device_fault=ctx.on_device_fault,
+        on_device_fault=device_fault,
         probe=_probe(engine, manifest),
         # a fast CPU model runs its batches on the event loop (steps are not timed at load)
-        inline=served.steps is None and executor.runs_inline,
+        inline=served.steps is None and len(replicas) == 1 and executor.runs_inline,
         # `[padding]`: requests padded to shape buckets (the program's own inputs only)
         padding=padding_for(manifest, served.config, served.warnings)
         if served.steps is None
@@ -199,18 +243,21 @@ async def release_version(
 ) -> None:
     """Stop accepting, finish what was accepted (up to the timeout), then free the version."""
     served.state = "unloading"
-    batcher, executor = served.batcher, served.executor
+    batcher, executor, replicas = served.batcher, served.executor, served.replicas
     if batcher is not None:
         await asyncio.to_thread(batcher.close, timeout_s=drain_timeout_s)
-    if executor is not None:
+    if replicas is not None:
+        await asyncio.to_thread(replicas.unload)
+    elif executor is not None:
         await asyncio.to_thread(executor.unload)
     if served.local_dir is not None:
         repository.release_local_dir(served.local_dir)
     served.state, served.batcher, served.executor = "unloaded", None, None
+    served.replicas = None
     log.info("%s version %s unloaded", served.model, served.version)
 
 
-def _probe(executor: Executor | WithSteps, manifest: Manifest | None) -> dict[str, Any] | None:
+def _probe(executor: ReplicaSet | WithSteps, manifest: Manifest | None) -> dict[str, Any] | None:
     """One known-good request for the batcher: the warm-up example (zeros; a generated
     image or string for built-in steps), with integer inputs moved into their declared
     ranges."""

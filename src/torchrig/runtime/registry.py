@@ -9,8 +9,12 @@ reason, is not retried until its files or config change, and never affects the o
 while no selected version is ready, the ones serving keep serving.
 
 Readiness: every model found at startup has a ready version, and no error poisoned the
-device. A model added later that fails is reported (per model 503, the index, logs) but
-does not take the replica out of service.
+device. A version placed on several GPUs (runtime/placement.py) has a replica on each; an
+error that poisons one GPU takes that GPU's replicas out of rotation (every model's), and
+the versions keep serving on the others: only a version left with no replica poisons the
+process as a whole (not ready, not live: a restart is the cure). A model added later
+that fails is reported (per model 503, the index, logs) but does not take the server
+out of service.
 """
 
 from __future__ import annotations
@@ -350,7 +354,36 @@ class ModelRegistry:
             observer=self.batch_observer,
             on_device_fault=self._device_failed,
             allow_python_handlers=self.allow_python_handlers,
+            on_replica_fault=self._replica_failed,
         )
+
+    def _replica_failed(self, device: str, exc: BaseException) -> None:
+        """From a worker thread: a replica's device was poisoned. On a GPU, every replica
+        there leaves the rotation (the CUDA context is the process's, per device); a ready
+        version left with no replica poisons the process (`_device_failed`)."""
+        reason = f"{device} poisoned ({type(exc).__name__}: {exc})"
+        stranded = []
+        for served in self._snapshot():
+            replicas = served.replicas
+            if replicas is None:
+                continue
+            if device.startswith("cuda"):
+                replicas.take_out(device, reason)
+            if served.state == "ready" and replicas.healthy == 0:
+                stranded.append(f"{served.model}/{served.version}")
+        if stranded:
+            self._device_failed(exc)
+        else:
+            log.error("%s: its replicas left the rotation; the others keep serving", reason)
+
+    def _snapshot(self) -> list[ServedVersion]:
+        """The versions, read from any thread (the event loop may change the dict)."""
+        for _ in range(5):
+            try:
+                return list(self._versions.values())
+            except RuntimeError:  # changed size during iteration: read again
+                continue
+        return []
 
     def _device_failed(self, exc: BaseException) -> None:
         """From a worker thread: an error poisoned the device; the replica must restart."""
@@ -375,7 +408,7 @@ class ModelRegistry:
         error poisoned the device."""
         if self.device_fault is not None:
             return False
-        serving = {m for (m, _), v in list(self._versions.items()) if v.state == "ready"}
+        serving = {m for (m, _), v in list(self._versions.items()) if v.serving}
         return bool(serving) and self._expected <= serving
 
     def resolve(self, name: str, version: int | str | None = None) -> ServedVersion:

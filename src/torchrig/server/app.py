@@ -326,8 +326,10 @@ class V2App:
     ) -> tuple[int, bytes, dict[str, str]]:
         if self.state.shutting_down:
             return 503, health_body("ready", "the server is shutting down", params["model"]), {}
-        self.state.registry.resolve(params["model"], params.get("version"))  # raises 404/503
-        return 200, health_body("ready", None, params["model"]), {}
+        from torchrig.server.replica_metrics import model_ready_body
+
+        served = self.state.registry.resolve(params["model"], params.get("version"))  # 404/503
+        return 200, model_ready_body(served), {}
 
     async def _model_config(
         self, params: dict[str, str], *_: Any

@@ -12,6 +12,10 @@
 | `torchrig_queue_depth` | gauge | model, version | requests waiting in the batcher |
 | `torchrig_inflight_requests` | gauge | model | requests being handled now |
 | `torchrig_model_ready` | gauge | model, version | 1 serving; 0 loading/failed/unloaded (2) |
+| `torchrig_replica_batches` | gauge | model, version, replica, device, gpu | batches run (3) |
+| `torchrig_replica_rows` | gauge | model, version, replica, device, gpu | rows run (3) |
+| `torchrig_replica_inflight_batches` | gauge | model, version, replica, device, gpu | running now |
+| `torchrig_replica_serving` | gauge | model, version, replica, device, gpu | 0 once poisoned |
 | `torchrig_gpu_utilization_ratio` | gauge | gpu, uuid | NVML utilisation, 0..1 |
 | `torchrig_gpu_memory_used_bytes` | gauge | gpu, uuid | NVML memory in use (all processes) |
 | `torchrig_gpu_memory_total_bytes` | gauge | gpu, uuid | NVML memory installed |
@@ -24,6 +28,8 @@
 full, shutting down), `timeout`, `error` (5xx).
 (2) a model with no loadable version at all (bad config.toml, no complete version)
 reports `version=""` 0.
+(3) since the version loaded, one series per replica (a replica per GPU with `device =
+"auto"`; see torchrig.server.replica_metrics for the labels): how batches spread.
 
 Durations are in seconds, with buckets from 0.5 ms to 10 s. Queue depth, readiness, GPU
 and allocator series are read at scrape time. Counters and histograms also expose
@@ -58,6 +64,7 @@ from prometheus_client.registry import Collector
 from torchrig.runtime.batcher import BatchRecord
 from torchrig.runtime.registry import ModelRegistry, ServedVersion
 from torchrig.server.gpu_metrics import NvmlCollector, TorchAllocatorCollector
+from torchrig.server.replica_metrics import ReplicaCollector, replica_families
 from torchrig.server.shared_metrics import GaugeMirror, check_multiprocess, scrape_registry
 
 # serving is ms-scale: 0.5 ms .. 10 s, about three buckets per decade
@@ -154,15 +161,23 @@ class ServerMetrics:
             registry=registry,
         )
         self._runtime = _RuntimeCollector(model_registry)
+        self._replicas = ReplicaCollector(
+            lambda: [] if model_registry is None else _versions(model_registry)
+        )
         self._nvml = NvmlCollector.open() if gpu else None
         self._torch = TorchAllocatorCollector() if gpu else None
         self._mirror: GaugeMirror | None = None
         self._known_models: frozenset[str] = frozenset()  # models the last publish() saw
         if multiprocess_dir is not None:  # the scrape reads the files; see render()
-            described = [*_runtime_families(), *TorchAllocatorCollector().describe()]
+            described = [
+                *_runtime_families(),
+                *TorchAllocatorCollector().describe(),
+                *replica_families(),
+            ]
             self._mirror = GaugeMirror(registry, described)
             return
         registry.register(self._runtime)
+        registry.register(self._replicas)
         if self._nvml is not None:
             registry.register(self._nvml)
         if self._torch is not None:
@@ -240,7 +255,7 @@ class ServerMetrics:
         depth, readiness, allocator bytes) into the shared files; a no-op otherwise."""
         if self._mirror is None:
             return
-        families: list[Metric] = list(self._runtime.collect())
+        families: list[Metric] = [*self._runtime.collect(), *self._replicas.collect()]
         if self._torch is not None:
             families.extend(self._torch.collect())
         self._known_models = self._runtime.known_models()

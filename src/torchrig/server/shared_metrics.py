@@ -19,6 +19,8 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import Metric
 
+from torchrig.server.replica_metrics import REPLICA_LABELS
+
 # each mirrored gauge's labels and how it combines across worker processes (sums; the
 # minimum for readiness: 1 only when every worker serves the version; "live": the values
 # of a dead worker are dropped)
@@ -28,6 +30,11 @@ MULTIPROCESS_GAUGES: Mapping[str, tuple[Literal["livesum", "livemin"], tuple[str
     "torchrig_model_ready": ("livemin", ("model", "version")),
     "torchrig_torch_allocated_bytes": ("livesum", ("device",)),
     "torchrig_torch_reserved_bytes": ("livesum", ("device",)),
+    # per replica: the gpu label tells the workers' GPUs apart (each sees its own cuda:0)
+    "torchrig_replica_batches": ("livesum", REPLICA_LABELS),
+    "torchrig_replica_rows": ("livesum", REPLICA_LABELS),
+    "torchrig_replica_inflight_batches": ("livesum", REPLICA_LABELS),
+    "torchrig_replica_serving": ("livemin", REPLICA_LABELS),
 }
 
 

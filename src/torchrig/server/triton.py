@@ -59,15 +59,10 @@ def model_config(served: ServedVersion) -> dict[str, Any]:
             for spec in specs
         ]
 
-    device = served.executor.device if served.executor is not None else config.device
-    gpu = device.startswith("cuda")
-    group: dict[str, Any] = {
-        "name": f"{served.model}_0",
-        "kind": "KIND_GPU" if gpu else "KIND_CPU",
-        "count": config.instances,
-    }
-    if gpu:
-        group["gpus"] = [int(device.partition(":")[2] or 0)]
+    if served.replicas is not None:
+        devices = [stat.device for stat in served.replicas.stats()]
+    else:
+        devices = [config.devices[0] if config.devices else config.device]
     policy = config.version_policy
     if policy.policy == "latest":
         version_policy: dict[str, Any] = {"latest": {"num_versions": policy.latest}}
@@ -83,7 +78,7 @@ def model_config(served: ServedVersion) -> dict[str, Any]:
         "max_batch_size": max_batch_size,
         "input": tensors(manifest.inputs if manifest else []),
         "output": tensors(manifest.outputs if manifest else []),
-        "instance_group": [group],
+        "instance_group": instance_groups(served.model, devices, config.instances),
     }
     if served.pipeline is not None:  # Triton's ensemble: its steps, no instances of its own
         del result["instance_group"]
@@ -94,6 +89,24 @@ def model_config(served: ServedVersion) -> dict[str, Any]:
             "max_queue_delay_microseconds": int(config.batching.max_queue_delay_ms * 1000),
         }
     return result
+
+
+def instance_groups(model: str, devices: list[str], instances: int) -> list[dict[str, Any]]:
+    """Triton's instance groups of a version's replicas (one per device, or repeated): the
+    CPU's, then the GPUs' grouped by their instance count (`instances` per replica)."""
+    counts: dict[str, int] = {}
+    for device in devices:
+        key = device if device.startswith("cuda") else "cpu"
+        counts[key] = counts.get(key, 0) + instances
+    groups: list[dict[str, Any]] = []
+    if "cpu" in counts:
+        groups.append({"kind": "KIND_CPU", "count": counts.pop("cpu")})
+    by_count: dict[int, list[int]] = {}
+    for device, count in counts.items():
+        by_count.setdefault(count, []).append(int(device.partition(":")[2] or 0))
+    for count, gpus in by_count.items():
+        groups.append({"kind": "KIND_GPU", "count": count, "gpus": gpus})
+    return [{"name": f"{model}_{index}", **group} for index, group in enumerate(groups)]
 
 
 @dataclass
