@@ -139,13 +139,15 @@ def test_notes_for_a_foreign_image_and_an_extra_the_image_lacks() -> None:
 
 
 def test_workers_follow_the_gpus_and_cpu_and_shm_follow_the_workers() -> None:
-    """`serve --workers` gives each worker its own GPU, so deploy renders one per GPU."""
+    """`serve --workers` gives each worker its share of the GPUs; deploy renders one per GPU."""
     four = spec(gpus=4)
     assert (four.workers, four.cpu, four.shm_size) == (4, "8", "8Gi")
     more = spec(gpus=1, workers=6, memory="32Gi")
     assert (more.workers, more.cpu, more.shm_size) == (6, "12", "12Gi")
-    fewer = spec(gpus=4, workers=2)
-    assert any("give --workers 4" in note for note in fewer.notes())
+    fewer = spec(gpus=4, workers=2)  # two GPUs per worker, a replica on each
+    assert not [note for note in fewer.notes() if "--workers" in note]
+    uneven = spec(gpus=4, workers=3)
+    assert any("give --workers 4" in note for note in uneven.notes())
     mig = spec(gpu_resource="nvidia.com/mig-1g.10gb")
     assert (mig.memory, mig.shm_size) == ("20Gi", "1Gi")  # sized to the 10 GB slice
     small = spec(gpu_resource="nvidia.com/mig-1g.5gb", gpus=2)

@@ -24,12 +24,17 @@ def test_split(gpus: list[str], workers: int, shares: list[list[str]]) -> None:
     assert used == set(gpus) or len(gpus) > workers
 
 
-def test_fewer_workers_than_gpus_is_said() -> None:
+def test_an_uneven_split_is_said() -> None:
     assert describe_split(split_gpus(["0", "1"], 2)) is None
-    warning = describe_split(split_gpus(["0", "1", "2", "3"], 2))
+    # fewer workers than GPUs: each places replicas on its whole share, nothing idle
+    assert describe_split(split_gpus(["0", "1", "2", "3"], 2)) is None
+    assert describe_split(split_gpus(["0", "1"], 4)) is None
+    warning = describe_split(split_gpus(["0", "1", "2"], 2))
     assert warning is not None
-    assert "2 GPUs stay idle" in warning
-    assert "--workers 4" in warning
+    assert "--workers 3" in warning
+    shared = describe_split(split_gpus(["0", "1"], 3))
+    assert shared is not None
+    assert "multiple of 2" in shared
 
 
 def test_visible_gpus_follow_cuda_visible_devices() -> None:

@@ -365,10 +365,15 @@ class DeploySpec:
                 "Azure Workload Identity) or --env-from-secret NAME; without either the "
                 "pod relies on the node's own identity"
             )
-        if self.workers < self.gpus:
+        # each worker places its models on every GPU of its share (device = "auto"): all
+        # GPUs are used, evenly only when one count divides the other
+        low, high = sorted((self.workers, self.gpus))
+        if high % low:
             notes.append(
-                f"--workers {self.workers} for {self.gpus} GPUs: a worker's models go on its "
-                f"first GPU, so give --workers {self.gpus} (the default) to use them all"
+                f"--workers {self.workers} for {self.gpus} GPUs: the server gives each worker "
+                'its share of the GPUs (device = "auto" places a replica on each), but '
+                "unevenly, while requests are spread evenly over the workers; give "
+                f"--workers {self.gpus} (the default) or a divisor or multiple of {self.gpus}"
             )
         return notes
 

@@ -1,10 +1,12 @@
 """Which GPUs each `serve --workers` process gets, decided in the parent without CUDA.
 
-A worker's models go on `device = "auto"`, the first GPU it sees: unsplit, every worker
-of a 4-GPU pod would stack its models on GPU 0. So the parent gives each worker its own
-share through CUDA_VISIBLE_DEVICES, as Triton gives each GPU its own instance: worker i
-takes GPUs i, i + workers, ... With as many workers as GPUs (what `torchrig deploy k8s
---gpus N` renders) each worker owns one GPU; with more workers they share GPUs evenly.
+The parent gives each worker its own share through CUDA_VISIBLE_DEVICES: worker i takes
+GPUs i, i + workers, ... In a worker, `device = "auto"` places a replica of each model on
+every GPU of its share (torchrig.runtime.placement), so every GPU of the pod is used
+whatever the worker count: with as many workers as GPUs (what `torchrig deploy k8s
+--gpus N` renders) each worker owns one GPU; with fewer, each worker spreads over its
+share; with more, they share GPUs evenly. Without the split, every worker would see
+every GPU and place a replica of every model on each.
 """
 
 from __future__ import annotations
@@ -54,13 +56,39 @@ def split_gpus(gpus: list[str], workers: int) -> list[list[str]]:
 
 
 def describe_split(shares: list[list[str]]) -> str | None:
-    """A warning when some worker sees several GPUs: "auto" places its models on the first."""
-    several = [share for share in shares if len(share) > 1]
-    if not several:
-        return None
-    count = sum(len(share) for share in shares)
+    """A warning when the split is uneven: the kernel spreads connections evenly over the
+    workers, so a worker with more GPUs than another leaves part of them idle (and a GPU
+    shared by more workers than another is busier)."""
+    counts = sorted({len(share) for share in shares})
+    if len(counts) < 2:
+        per_gpu: dict[str, int] = {}
+        for share in shares:
+            for gpu in share:
+                per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
+        if len(set(per_gpu.values())) < 2:
+            return None
+        gpus = len(per_gpu)
+        return (
+            f"{len(shares)} workers on {gpus} GPUs: some GPUs serve more workers than others; "
+            f"give a multiple of {gpus} to --workers for an even load"
+        )
+    gpus = len({gpu for share in shares for gpu in share})
     return (
-        f"{count} GPUs for {len(shares)} workers: a worker's models go on its first GPU "
-        f'(device = "auto"), so {count - len(shares)} GPUs stay idle; give --workers '
-        f"{count} to use every GPU"
+        f"{gpus} GPUs for {len(shares)} workers: some workers have {counts[-1]} GPUs, others "
+        f"{counts[0]}, but each takes an equal share of the requests, so part of the larger "
+        f"shares stays idle; give --workers {gpus} (or a divisor of it) for an even load"
     )
+
+
+def replica_gpus(
+    shares: list[list[str]], requested: str | list[str] = "auto", instances: int = 1
+) -> list[list[str]]:
+    """The GPUs (as CUDA_VISIBLE_DEVICES names them) each worker places a model's
+    replicas on: its share seen through `torchrig.runtime.placement` ([] on the CPU)."""
+    from torchrig.runtime.placement import place
+
+    placed = []
+    for share in shares:
+        devices = [p.device for p in place(requested, len(share), instances)]
+        placed.append([share[int(d.partition(":")[2])] for d in devices if d.startswith("cuda")])
+    return placed
