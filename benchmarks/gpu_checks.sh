@@ -5,13 +5,13 @@
 # a failing step is reported and the next one runs. Output lands in $OUT (default ./out).
 #
 # Run from the repository root: `bash benchmarks/gpu_checks.sh [steps]`, steps a comma list
-# of tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline,pipelines
-# (default: all). torchrig must be importable
+# of tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline,pipelines,
+# placement (default: all). torchrig must be importable
 # (`pip install -e .`, or PYTHONPATH=src with its dependencies installed).
 set -uo pipefail
 OUT="${OUT:-./out}"
 mkdir -p "$OUT"
-STEPS="${1:-tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline,pipelines}"
+STEPS="${1:-tests,throughput,cpu_runtime,frames,doctor,verify,torchvision,image_pipeline,pipelines,placement}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 
@@ -53,3 +53,8 @@ tests/server/test_text_pipeline.py tests/runtime/test_steps.py"
 # tensors handed between members, a handler given cuda:0, answers equal the in-process models
 step pipelines 300 "$PY" -m pytest -q -p no:cacheprovider tests/server/test_pipeline.py \
     tests/server/test_pipeline_images.py tests/server/test_handlers.py tests/runtime/test_pipeline.py
+# device = "auto" on the real GPUs: one replica per GPU with `instances` lanes each, batches
+# overlapping on the lanes (and landing on every GPU where there are two or more; that
+# test skips on a one-GPU machine), then the CPU replica and placement tests on this box
+step placement 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/server/test_replicas_gpu.py \
+    tests/server/test_replicas.py tests/runtime/test_placement.py tests/deploy/test_gpu_placement.py
