@@ -14,7 +14,7 @@ import torch
 
 from doubles import until
 from torchrig.errors import DeviceUnhealthy
-from torchrig.runtime.replicas import ReplicaSet
+from torchrig.runtime.replicas import ReplicaSet, handled
 
 
 class Scaled:
@@ -72,9 +72,12 @@ def test_a_poisoned_replica_leaves_the_rotation_and_is_reported() -> None:
         [Scaled("cuda:0", 1.0), Scaled("cuda:1", 10.0)],
         on_fault=lambda device, exc: reported.append(device),
     )
-    with pytest.raises(RuntimeError, match="illegal memory access"):
+    with pytest.raises(RuntimeError, match="illegal memory access") as caught:
         replicas.infer(batch(-1.0))  # the batch that hit the fault fails; no retry
     assert reported == ["cuda:0"]
+    # marked, so the batcher's report does not count it again as a fault of the first GPU
+    assert handled(caught.value)
+    assert not handled(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert replicas.healthy == 1
     assert [s.state for s in replicas.stats()] == ["poisoned", "serving"]
     assert [float(replicas.infer(batch(2.0))["y"][0, 0]) for _ in range(3)] == [20.0] * 3

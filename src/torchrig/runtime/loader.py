@@ -31,7 +31,7 @@ from torchrig.runtime.faults import poisons_device
 from torchrig.runtime.memory import check_budget, host_bytes, measured_load
 from torchrig.runtime.padding import padding_for
 from torchrig.runtime.placement import Placement, describe, place, visible_cuda_count
-from torchrig.runtime.replicas import FaultHandler, ReplicaSet
+from torchrig.runtime.replicas import FaultHandler, ReplicaSet, handled
 from torchrig.runtime.steps import Steps, WithSteps, load_steps
 from torchrig.runtime.threads import in_own_thread
 
@@ -202,9 +202,15 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
     engine = replicas if served.steps is None else WithSteps(replicas, served.steps)
 
     def device_fault(exc: BaseException) -> None:
-        # a poisoned replica was taken out (ReplicaSet); the version still serves unless
-        # it was the last one, which the registry reports through on_replica_fault too
-        if replicas.healthy == 0 or ctx.on_replica_fault is None:
+        # a poisoned replica was taken out (ReplicaSet) and reported; the version still
+        # serves unless it was the last one. A fault outside the replicas (a built-in
+        # step on the first replica's GPU) is that GPU's, reported here.
+        if ctx.on_replica_fault is None:
+            ctx.on_device_fault(exc)
+            return
+        if not handled(exc):
+            ctx.on_replica_fault(replicas.device, exc)
+        if replicas.healthy == 0:
             ctx.on_device_fault(exc)
 
     served.batcher = Batcher(

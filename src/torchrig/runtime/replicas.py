@@ -17,6 +17,7 @@ GPU would poison the next).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ReplicaState = Literal["serving", "poisoned"]
 FaultHandler = Callable[[str, BaseException], None]  # (device, error), from a worker thread
+HANDLED = "_torchrig_replica_fault"  # set on an error a ReplicaSet took a replica out for
 
 
 class ReplicaExecutor(Protocol):
@@ -154,6 +156,8 @@ class ReplicaSet:
     # ---- faults ----------------------------------------------------------------------------
 
     def _poisoned(self, replica: _Replica, exc: BaseException) -> None:
+        with contextlib.suppress(AttributeError):  # an exception without __dict__
+            setattr(exc, HANDLED, True)  # see `handled`
         self.take_out(replica.device, f"{type(exc).__name__}: {exc}", only=replica)
         if self.on_fault is not None:
             try:
@@ -196,6 +200,12 @@ class ReplicaSet:
     def unload(self) -> None:
         for replica in self._replicas:
             replica.executor.unload()
+
+
+def handled(exc: BaseException) -> bool:
+    """Whether a ReplicaSet already took a replica out for `exc`: a poisoning error raised
+    elsewhere (a built-in step decoding on the first replica's GPU) was not."""
+    return bool(getattr(exc, HANDLED, False))
 
 
 def physical_gpu(device: str, environ: Mapping[str, str] | None = None) -> str:
