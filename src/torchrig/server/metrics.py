@@ -160,6 +160,9 @@ class ServerMetrics:
             labels,
             registry=registry,
         )
+        # (model, version) -> its success counter and duration histogram children: looked
+        # up once, not through `labels()` (a lock and label checks) on every request
+        self._success_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._runtime = _RuntimeCollector(model_registry)
         self._replicas = ReplicaCollector(
             lambda: [] if model_registry is None else _versions(model_registry)
@@ -205,8 +208,12 @@ class ServerMetrics:
             self._publish_inflight(self._mirror, model)
         if outcome == "success":
             labels = (model, version or UNKNOWN)
-            self._success.labels(*labels).inc()
-            self._request_duration.labels(*labels).observe(duration_s)
+            series = self._success_series.get(labels)
+            if series is None:
+                series = (self._success.labels(*labels), self._request_duration.labels(*labels))
+                self._success_series[labels] = series
+            series[0].inc()
+            series[1].observe(duration_s)
             return
         if outcome not in OUTCOMES:
             raise ValueError(
