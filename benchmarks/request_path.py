@@ -14,7 +14,8 @@ Printed: the median over `--samples` samples of CPU µs per request, and the bat
 request. `--profile FILE` also writes a cProfile of one more sample at each load, timed in
 this thread's CPU time (call counts are exact; times include the profiler's own).
 
-Run: `python benchmarks/request_path.py [--requests 2000] [--samples 5] [--profile out.prof]`
+Run: `python benchmarks/request_path.py [--requests 2048] [--samples 5] [--profile out.prof]
+[--trace off]` (`--trace off`: the ranker runs its exported module, not a TorchScript trace).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ async def run(args: argparse.Namespace) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="torchrig-request-path-"))
     repo = build_demo_repository(work / "repo")
+    config = repo / "ranker" / "config.toml"
+    config.write_text(config.read_text().replace('trace = "auto"', f'trace = "{args.trace}"'))
     state = build_state(repo, ServeSettings())
     app = V2App(state)
     await state.lifespan_hooks["startup"]()
@@ -145,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2048, help="requests per sample")
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--profile", type=Path, help="write cProfile stats next to this name")
+    parser.add_argument(
+        "--trace", choices=("auto", "off"), default="auto", help="the ranker's config `trace`"
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
