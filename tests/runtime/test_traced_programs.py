@@ -56,6 +56,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         repository=root,
         output_names=["shifted", "total"],
     )
+    pack(  # no batch dimension: torch.export's guards stay on (see load_program)
+        Scorer().eval(),
+        examples(1),
+        name="unbatched",
+        repository=root,
+        output_names=["s"],
+        dynamic_batch=False,
+    )
     pack_faulty(root, "custom", 1)  # a custom operator: never traced
     return root
 
@@ -120,8 +128,15 @@ def test_what_is_never_traced(repo: Path, caplog: pytest.LogCaptureFixture) -> N
     assert not _executor(repo, "scorer", warmup=False).program.traced  # nothing checked it
     with caplog.at_level(logging.INFO, logger="torchrig.runtime.executor"):
         custom = _executor(repo, "custom")
+        # a trace would drop the guards that refuse inputs the program was not exported for
+        unbatched = _executor(repo, "unbatched")
     assert not custom.program.traced
     assert "operators other than PyTorch's own" in caplog.text
+    assert unbatched.program.checks_inputs
+    assert not unbatched.program.traced
+    assert "checks its own inputs" in caplog.text
+    with pytest.raises(AssertionError, match="Guard failed"):
+        unbatched.infer(examples(2))
 
 
 def test_the_trace_setting_is_checked() -> None:

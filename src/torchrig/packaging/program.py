@@ -71,6 +71,8 @@ class Program:
             return "only a torch.export program on the CPU is traced"
         if not self.builtin_ops_only:
             return "the graph calls operators other than PyTorch's own"
+        if self.checks_inputs:  # a trace runs without torch.export's guards: keep them
+            return "the program checks its own inputs (torch.export's guards), a trace would not"
         from torchrig.packaging.traced import trace_module
 
         call, why = trace_module(self.module, self._input_names, examples)
