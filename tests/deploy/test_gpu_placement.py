@@ -70,3 +70,21 @@ def test_a_pinned_device_uses_that_gpu_of_each_share() -> None:
     assert replica_gpus(shares, "cuda:1") == [["2"], ["3"]]
     assert replica_gpus(shares, ["cuda:0", "cuda:0"]) == [["0", "0"], ["1", "1"]]
     assert replica_gpus([[], []], "auto") == [[], []]  # no GPU: the CPU
+
+
+def test_mig_slices_need_a_worker_each() -> None:
+    # CUDA enumerates one MIG slice per process: a worker given two would idle one
+    def spec(**changes: Any) -> DeploySpec:
+        return DeploySpec.create(
+            name="ranker",
+            image=IMAGE,
+            model_repo="s3://models/ranking",
+            gpu_resource="nvidia.com/mig-1g.10gb",
+            gpus=2,
+            **changes,
+        )
+
+    assert any("MIG slices" in note for note in spec(workers=1).notes())
+    assert describe_split(split_gpus(["MIG-a", "MIG-b"], 1)) is not None  # the server too
+    assert not [note for note in spec().notes() if "MIG" in note]  # a worker per slice
+    assert describe_split(split_gpus(["MIG-a", "MIG-b"], 2)) is None

@@ -41,3 +41,11 @@ def test_visible_gpus_follow_cuda_visible_devices() -> None:
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1,3"}) == ["0", "1", "3"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": " MIG-x , MIG-y "}) == ["MIG-x", "MIG-y"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []  # CUDA's "no device"
+
+
+def test_several_mig_slices_for_one_worker_are_said() -> None:
+    # CUDA enumerates one MIG slice per process: the second would idle
+    warning = describe_split(split_gpus(["MIG-a", "MIG-b"], 1))
+    assert warning is not None
+    assert "--workers 2" in warning
+    assert describe_split(split_gpus(["MIG-a", "MIG-b"], 2)) is None

@@ -368,7 +368,12 @@ class DeploySpec:
         # each worker places its models on every GPU of its share (device = "auto"): all
         # GPUs are used, evenly only when one count divides the other
         low, high = sorted((self.workers, self.gpus))
-        if high % low:
+        if self.workers < self.gpus and mig_memory_gib(self.gpu_resource):
+            notes.append(
+                f"--workers {self.workers} for {self.gpus} MIG slices: a CUDA process sees "
+                f"only the first slice it is given, so give --workers {self.gpus} (the default)"
+            )
+        elif high % low:
             notes.append(
                 f"--workers {self.workers} for {self.gpus} GPUs: the server gives each worker "
                 'its share of the GPUs (device = "auto" places a replica on each), but '

@@ -58,7 +58,15 @@ def split_gpus(gpus: list[str], workers: int) -> list[list[str]]:
 def describe_split(shares: list[list[str]]) -> str | None:
     """A warning when the split is uneven: the kernel spreads connections evenly over the
     workers, so a worker with more GPUs than another leaves part of them idle (and a GPU
-    shared by more workers than another is busier)."""
+    shared by more workers than another is busier), or a worker given several MIG slices
+    (a CUDA process sees only the first MIG slice it is given)."""
+    several_mig = [share for share in shares if len(share) > 1 and share[0].startswith("MIG-")]
+    if several_mig:
+        slices = len({gpu for share in shares for gpu in share})
+        return (
+            f"{slices} MIG slices for {len(shares)} workers: a CUDA process sees only the "
+            f"first MIG slice it is given, so the others idle; give --workers {slices}"
+        )
     counts = sorted({len(share) for share in shares})
     if len(counts) < 2:
         per_gpu: dict[str, int] = {}
