@@ -23,6 +23,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return min((cores or 1) + 1, 8)
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """The tests of a module that share a module-scoped fixture (a packed model, a running
+    server) run on one worker, so that fixture is built once rather than once per worker.
+    (Marked as each test is collected: xdist reads the groups before other hooks run.)"""
+    if item.get_closest_marker("xdist_group") is None and _uses_module_fixture(item):
+        item.add_marker(pytest.mark.xdist_group(f"module:{item.nodeid.split('::')[0]}"))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest tests first (the built-image group, then `long`), so that no worker
     starts a several-minute test when the others are about to finish."""
@@ -33,3 +41,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return 1 if item.get_closest_marker("long") else 2
 
     items.sort(key=rank)
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        getattr(definition, "scope", None) == "module"
+        for definitions in info.name2fixturedefs.values()
+        for definition in definitions
+    )
