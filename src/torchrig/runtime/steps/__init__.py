@@ -21,6 +21,7 @@ from torchrig.errors import ArtifactError
 from torchrig.packaging.manifest import Manifest, TensorSpec
 from torchrig.repository.config import ModelConfig
 from torchrig.repository.steps import ImageStep, PostStep, PreStep, SoftmaxStep
+from torchrig.runtime.bytes_tensor import BytesTensor
 from torchrig.runtime.steps.image import ImageTransform
 from torchrig.runtime.steps.outputs import Softmax, TopK, softmax, top_k
 from torchrig.runtime.steps.text import TextTransform
@@ -70,8 +71,6 @@ class Steps:
     def example(self, program_example: Mapping[str, Any], rows: int) -> dict[str, Any]:
         """Valid public inputs of `rows` rows (a generated image or a short string for the
         BYTES inputs, the program's own example for the others)."""
-        from torchrig.protocol.types import BytesTensor
-
         by_step = {step.input: step for step in self.pre}
         result: dict[str, Any] = {}
         for spec in self.public.inputs:

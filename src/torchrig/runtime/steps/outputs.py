@@ -12,6 +12,7 @@ from typing import Any
 from torchrig.errors import ArtifactError
 from torchrig.packaging.manifest import TensorSpec
 from torchrig.repository.steps import SoftmaxStep, TopKStep
+from torchrig.runtime.classes import classify
 
 NUMERIC = ("FP16", "BF16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8")
 
@@ -71,8 +72,6 @@ class TopK:
         self.spec = TensorSpec(name=self.into, datatype="BYTES", shape=[source.shape[0], count])
 
     def __call__(self, tensor: Any) -> Any:
-        from torchrig.protocol.classification import classify
-
         return classify(self.output, "FP32", tensor, self.k, self.labels, batching=True)
 
 
