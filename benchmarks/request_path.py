@@ -124,7 +124,7 @@ async def run(args: argparse.Namespace) -> int:
         return spent / count * 1e6, (batcher.stats().batches - batches) / count
 
     print(f"inline batches: {batcher.inline}; program traced: "
-          f"{getattr(batcher.executor.program, 'traced', None)}")  # fmt: skip
+          f"{getattr(batcher.executor.primary.program, 'traced', None)}")  # fmt: skip
     for concurrency in (1, 64):
         await sample(concurrency)  # warm
         results = [await sample(concurrency) for _ in range(args.samples)]
