@@ -50,7 +50,7 @@ from torchrig.server.asgi_io import (
 from torchrig.server.management import Management, check_model_path
 from torchrig.server.metrics import ServerMetrics
 from torchrig.server.otel import SpanRecorder
-from torchrig.server.request_trace import RequestTracing
+from torchrig.server.request_trace import RequestTrace, RequestTracing
 from torchrig.server.shm import (
     CUDA_SHM_UNSUPPORTED,
     CudaSharedMemoryUnsupported,
@@ -156,6 +156,26 @@ class ServerState:
 
     def ready(self) -> bool:
         return self.started and self.doctor_ok and not self.shutting_down and self.registry.ready()
+
+    def request_ended(
+        self,
+        model: str,
+        version: str | None,
+        outcome: str,
+        duration_s: float,
+        timeline: RequestTrace,
+    ) -> None:
+        """Count an ended inference request, on either transport: its metrics and Triton's
+        statistics (decoding and encoding as compute_input and compute_output)."""
+        self.metrics.request_finished(model, version, outcome=outcome, duration_s=duration_s)
+        self.statistics.request(
+            model,
+            version,
+            ok=outcome == "success",
+            duration_s=duration_s,
+            input_ns=timeline.decoded_ns - timeline.start_ns,
+            output_ns=timeline.encoded_ns - timeline.resumed_ns,
+        )
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -531,17 +551,7 @@ class V2App:
             )
         finally:
             duration_s = time.perf_counter() - started
-            state.metrics.request_finished(
-                model, served_version, outcome=outcome, duration_s=duration_s
-            )
-            state.statistics.request(
-                model,
-                served_version,
-                ok=outcome == "success",
-                duration_s=duration_s,
-                input_ns=timeline.decoded_ns - timeline.start_ns,
-                output_ns=timeline.encoded_ns - timeline.resumed_ns,
-            )
+            state.request_ended(model, served_version, outcome, duration_s, timeline)
             self.tracing.finish(
                 timeline,
                 request_id=request_id,

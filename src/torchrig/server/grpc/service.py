@@ -308,17 +308,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise
         finally:
             duration_s = time.perf_counter() - started
-            state.metrics.request_finished(
-                model, served_version, outcome=outcome, duration_s=duration_s
-            )
-            state.statistics.request(
-                model,
-                served_version,
-                ok=outcome == "success",
-                duration_s=duration_s,
-                input_ns=timeline.decoded_ns - timeline.start_ns,
-                output_ns=timeline.encoded_ns - timeline.resumed_ns,
-            )
+            state.request_ended(model, served_version, outcome, duration_s, timeline)
             logged = timeline.picked or status >= 500  # sizes only for a line written
             tracing.finish(
                 timeline,
