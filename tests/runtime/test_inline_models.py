@@ -13,21 +13,11 @@ import pytest
 import torch
 
 from faults import pack_faulty
+from scorer_model import Scorer, examples
 from torchrig.packaging import load_program, pack, read_manifest
 from torchrig.repository import BatchingConfig, ModelConfig, Repository
 from torchrig.runtime import ModelRegistry
 from torchrig.runtime.executor import Executor
-
-
-class Scorer(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = torch.nn.Embedding(50, 4)
-        self.linear = torch.nn.Linear(4 + 3, 2)
-
-    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.cat([dense, self.embed(ids).sum(1)], dim=1))
 
 
 class Tokens(torch.nn.Module):
@@ -35,14 +25,6 @@ class Tokens(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens.float().mean(dim=1, keepdim=True)
-
-
-def examples(rows: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(rows)
-    return {
-        "dense": torch.randn(rows, 3, generator=generator),
-        "ids": torch.randint(0, 50, (rows, 5), generator=generator),
-    }
 
 
 @pytest.fixture(scope="module")

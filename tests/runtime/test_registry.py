@@ -10,33 +10,13 @@ from typing import Any
 import pytest
 import torch
 
+from scorer_model import Scorer, examples
 from torchrig.envlock import take_lock
 from torchrig.errors import EnvironmentMismatch, InvalidInput, ModelNotFound, ModelNotReady
 from torchrig.packaging import pack
 from torchrig.repository import BatchingConfig, ModelConfig, Repository
 from torchrig.runtime import ModelRegistry
 from torchrig.runtime.executor import check_environment
-
-
-class Scorer(torch.nn.Module):
-    """A tiny real model with two inputs of different dtypes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = torch.nn.Embedding(50, 4)
-        self.linear = torch.nn.Linear(4 + 3, 2)
-
-    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.cat([dense, self.embed(ids).sum(1)], dim=1))
-
-
-def examples(rows: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(rows)
-    return {
-        "dense": torch.randn(rows, 3, generator=generator),
-        "ids": torch.randint(0, 50, (rows, 5), generator=generator),
-    }
 
 
 @pytest.fixture(scope="module")

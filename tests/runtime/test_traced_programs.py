@@ -13,21 +13,16 @@ import pytest
 import torch
 
 from faults import pack_faulty
+from scorer_model import Scorer, examples
 from torchrig.errors import RepositoryError
 from torchrig.packaging import pack, read_manifest
 from torchrig.repository import ModelConfig, parse_config
 from torchrig.runtime.executor import Executor
 
 
-class Scorer(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = torch.nn.Embedding(50, 4)
-        self.linear = torch.nn.Linear(4 + 3, 2)
-
+class SigmoidScorer(Scorer):
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.linear(torch.cat([dense, self.embed(ids).sum(1)], dim=1)))
+        return torch.sigmoid(super().forward(dense, ids))
 
 
 class RowCounter(torch.nn.Module):
@@ -37,18 +32,10 @@ class RowCounter(torch.nn.Module):
         return dense + torch.arange(dense.shape[0]).unsqueeze(1), dense.sum(1)
 
 
-def examples(rows: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(rows)
-    return {
-        "dense": torch.randn(rows, 3, generator=generator),
-        "ids": torch.randint(0, 50, (rows, 5), generator=generator),
-    }
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
-    pack(Scorer().eval(), examples(4), name="scorer", repository=root, output_names=["s"])
+    pack(SigmoidScorer().eval(), examples(4), name="scorer", repository=root, output_names=["s"])
     pack(
         RowCounter().eval(),
         {"dense": torch.randn(4, 3)},
@@ -57,7 +44,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         output_names=["shifted", "total"],
     )
     pack(  # no batch dimension: torch.export's guards stay on (see load_program)
-        Scorer().eval(),
+        SigmoidScorer().eval(),
         examples(1),
         name="unbatched",
         repository=root,
