@@ -551,8 +551,9 @@ class Batcher:
             with self._cond:
                 self._stats.device_faults += 1
             error = DeviceUnhealthy(
-                f"model {self.name}: the device failed ({type(exc).__name__}: {exc}); this "
-                "replica reports itself unhealthy and must be restarted; retry on another."
+                f"model {self.name}: the device failed ({type(exc).__name__}: {exc}); it is "
+                "out of service until the server restarts (other GPUs, if any, keep "
+                "serving); retry the request."
             )
             if self.on_device_fault is not None:
                 try:

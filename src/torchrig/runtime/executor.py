@@ -34,8 +34,10 @@ DimSizes = dict[tuple[str, int], int]  # (input, dim) -> size of a dynamic dimen
 
 
 def resolve_device(requested: str) -> str:
-    """ "auto" -> cuda:0 when CUDA works, else cpu; "cuda" -> cuda:0; anything else is
-    checked (CUDA usable, index exists) by the packaging layer's resolver."""
+    """One device: "auto" -> cuda:0 when CUDA works, else cpu; "cuda" -> cuda:0; anything
+    else is checked (CUDA usable, index exists) by the packaging layer's resolver. (A
+    version's replicas get one device each from `runtime/placement.py`, which spreads
+    "auto" over every visible GPU.)"""
     import torch
 
     from torchrig.packaging.program import resolve_device as usable_device
