@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from builders import node
+from cli_runs import torchrig
 from torchrig.envlock import EnvLock, lock_to_json
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=240,
-        check=False,
-    )
+    return torchrig(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

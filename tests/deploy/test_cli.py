@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from cli_runs import torchrig as run_torchrig
 
 IMAGE = "ghcr.io/acme/pytorch:2.11.0-cuda12.8-serve"
 WORKLOAD = ["--name", "ranker", "--image", IMAGE, "--model-repo", "s3://models/ranking"]
 
 
 def torchrig(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return run_torchrig(*args, cwd=cwd, timeout_s=60)
 
 
 def test_k8s_to_stdout() -> None:
