@@ -32,6 +32,18 @@ class RowCounter(torch.nn.Module):
         return dense + torch.arange(dense.shape[0]).unsqueeze(1), dense.sum(1)
 
 
+class Positions(torch.nn.Module):
+    """Adds a position table cut to the sequence length: a trace would keep the length it
+    saw, and at length 1 broadcast the whole table instead of failing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.arange(16 * 4, dtype=torch.float32).view(16, 4))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens + self.table[: tokens.shape[1]]
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
@@ -50,6 +62,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         repository=root,
         output_names=["s"],
         dynamic_batch=False,
+    )
+    pack(
+        Positions().eval(),
+        {"tokens": torch.randn(2, 8, 4)},
+        name="positions",
+        repository=root,
+        output_names=["encoded"],
+        dynamic_dims={"tokens": {1: (1, 16)}},
     )
     pack_faulty(root, "custom", 1)  # a custom operator: never traced
     return root
@@ -124,6 +144,22 @@ def test_what_is_never_traced(repo: Path, caplog: pytest.LogCaptureFixture) -> N
     assert "checks its own inputs" in caplog.text
     with pytest.raises(AssertionError, match="Guard failed"):
         unbatched.infer(examples(2))
+
+
+def test_a_length_past_the_batch_is_never_traced(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="torchrig.runtime.executor"):
+        positions = _executor(repo, "positions")
+    # a symbolic size past the batch keeps torch.export's guards on, and a program that
+    # keeps its guards is never traced
+    assert positions.program.checks_inputs
+    assert not positions.program.traced
+    assert "checks its own inputs" in caplog.text
+    tokens = torch.randn(3, 1, 4)
+    answer = positions.infer({"tokens": tokens})["encoded"]
+    assert answer.shape == (3, 1, 4)
+    assert torch.equal(answer, Positions().eval()(tokens))
 
 
 def test_the_trace_setting_is_checked() -> None:

@@ -167,16 +167,6 @@ class Executor:
         program's outputs at every warm-up shape and golden example (`Program.trace`)."""
         if self.config.trace == "off" or self._eager_module is not None:
             return
-        if self.manifest.dynamic_dims:
-            # a trace bakes the sizes it saw into slices and broadcasts (`position[:length]`
-            # traced at one length broadcasts wrongly at length 1): only the batch is checked
-            log.info(
-                "%s version %s: runs the exported module (no trace: dimensions past the "
-                "batch are dynamic)",
-                self.manifest.name,
-                self.manifest.version,
-            )
-            return
         from torchrig.packaging.traced import golden_inputs
 
         examples = [
