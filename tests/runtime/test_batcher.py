@@ -12,6 +12,7 @@ import torch
 from doubles import Doubler, rows, until_async
 from torchrig.errors import DeadlineExceeded, InputRejected, QueueFull
 from torchrig.repository.config import BatchingConfig
+from torchrig.runtime.batch_requests import ClientGone, client_gone
 from torchrig.runtime.batcher import Batcher, BatchRecord
 
 
@@ -111,6 +112,41 @@ def test_expired_and_abandoned_requests_never_reach_the_model() -> None:
     stats = batcher.stats()
     assert (stats.expired, stats.cancelled) == (1, 1)
     assert model.seen_rows == [1]  # only the first request ran
+
+
+def test_a_request_whose_client_left_is_dropped_when_its_batch_gathers() -> None:
+    """`client_gone`, set around submit, is checked when a batch gathers the request: a
+    client that left by then costs no model time, and its future fails with ClientGone
+    (thread-safely, from the worker) while the others run."""
+    model = Doubler()
+    model.gate.clear()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
+    left = threading.Event()
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.infer(rows(0, 1), rows=1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        token = client_gone.set(left.is_set)
+        try:
+            gone = batcher.submit(rows(1, 1), rows=1)
+        finally:
+            client_gone.reset(token)
+        kept = asyncio.ensure_future(batcher.infer(rows(2, 1), rows=1))
+        await until_async(lambda: batcher.stats().queue_depth == 2)
+        left.set()  # the client of the second request goes away while it waits
+        model.gate.set()
+        await first
+        with pytest.raises(ClientGone):
+            await gone
+        assert float((await kept)["y"].reshape(-1)[0]) == 4.0
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.gate.set()
+        batcher.close()
+    assert batcher.stats().cancelled == 1
+    assert model.seen_rows == [1, 1]  # the first and the third request ran
 
 
 def test_a_failing_request_fails_alone_and_its_batch_mates_are_answered() -> None:

@@ -4,8 +4,12 @@ before it takes model time (a real server, raw sockets closed by the test)."""
 from __future__ import annotations
 
 import json
+import queue
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -14,6 +18,8 @@ from doubles import until
 from faults import body, gate, pack_faulty, seen
 from serving import running
 from torchrig.repository import BatchingConfig, ModelConfig
+from torchrig.server.asgi_io import disconnect_probe
+from torchrig.server.runner import build_state, make_server
 from torchrig.settings import ServeSettings
 
 TAG = 201
@@ -82,3 +88,41 @@ def test_requests_of_clients_that_left_never_reach_the_model(tmp_path: Path) -> 
     assert sorted(seen(TAG)[before:]) == [1.0, 2.0, 4.0, 6.0]  # 3 and 5 never ran
     assert stats.cancelled == 2
     assert stats.requests == 4
+
+
+def test_the_probe_sees_a_client_leave_through_the_servers_own_protocol(tmp_path: Path) -> None:
+    """`disconnect_probe` finds the flag uvicorn (with torchrig's HTTP protocol) sets when a
+    connection closes: False while the client is there, True once it left."""
+    probes: queue.Queue[Callable[[], bool] | None] = queue.Queue()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        probes.put(disconnect_probe(receive))
+        await receive()  # the request stays open until its client leaves
+
+    state = build_state(tmp_path, ServeSettings(port=0, log_format="text", grpc_port=-1))
+    server = make_server(state)
+    server.config.app = app
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        until(lambda: server.started)
+        client = socket.create_connection(sock.getsockname(), timeout=30)
+        client.sendall(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        probe = probes.get(timeout=30)
+        assert probe is not None
+        assert probe() is False
+        client.close()
+        until(probe)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()

@@ -35,6 +35,12 @@ class QueuedRequest:
     shape_key: tuple[tuple[str, tuple[int, ...]], ...] = ()
     crop: Callable[[Tensors], Tensors] | None = None  # cuts a padded request's outputs back
     stage: StageTimes | None = None  # filled in for a listener (tracing, the access log)
+    gone: Callable[[], bool] | None = None  # True once the caller left (see `client_gone`)
+
+
+class ClientGone(Exception):
+    """A queued request was dropped because its caller went away (`client_gone` said so
+    before its batch started); the server catches it and answers nobody."""
 
 
 class StageTimes:
@@ -103,6 +109,12 @@ class BatchTimes:
 # the batcher records nothing but reads this once per request)
 listening: contextvars.ContextVar[RequestTimes | None] = contextvars.ContextVar(
     "torchrig_listening", default=None
+)
+# set by the server around submit: a cheap check that the request's client went away (for
+# HTTP, its connection closed), made when a batch gathers the request, so that a request
+# nobody waits for never takes device time; unset, only a cancelled future drops one
+client_gone: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "torchrig_client_gone", default=None
 )
 _batch_ids = itertools.count(1)  # next() is atomic: ids unique in the process
 

@@ -61,10 +61,12 @@ from torchrig.runtime.batch_requests import (
     BatchExecutor,
     BatchObserver,
     BatchRecord,
+    ClientGone,
     DeviceFaultHandler,
     Outcome,
     QueuedRequest,
     Tensors,
+    client_gone,
     half_by_rows,
     listened,
     listened_stage,
@@ -183,6 +185,7 @@ class Batcher:
             shape_key=shape_key(inputs) if self.batching else (),
             crop=crop,
             stage=listened_stage(self.name, now),
+            gone=client_gone.get(),
         )
         with self._cond:
             if self._stopping:
@@ -387,9 +390,14 @@ class Batcher:
         return rows, full
 
     def _skip(self, request: QueuedRequest) -> bool:
-        """Drop a request whose caller left or whose deadline passed (lock held)."""
+        """Drop a request whose caller left (its future cancelled, or `client_gone`'s check
+        true) or whose deadline passed (lock held)."""
         if request.future.cancelled():
             self._stats.cancelled += 1
+            return True
+        if request.gone is not None and request.gone():
+            self._stats.cancelled += 1
+            resolve(request, error=ClientGone(f"model {self.name}: the client went away"))
             return True
         if request.deadline is not None and time.monotonic() > request.deadline:
             self._stats.expired += 1

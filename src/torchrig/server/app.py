@@ -34,10 +34,12 @@ from torchrig.errors import (
 )
 from torchrig.protocol.shared_memory import ShmReader
 from torchrig.runtime import ModelRegistry
+from torchrig.runtime.batch_requests import client_gone
 from torchrig.server.asgi_io import (
     Receive,
     Scope,
     Send,
+    disconnect_probe,
     error_body,
     header_length,
     health_body,
@@ -485,10 +487,15 @@ class V2App:
             timeout = state.settings.request_timeout_s
             if request.timeout_s is not None:
                 timeout = min(max(request.timeout_s, 0.0), state.settings.max_request_timeout_s)
-            outputs = await unless_disconnected(
-                timeline.submit(state.registry.submit, served, request.inputs, timeout_s=timeout),
-                receive,
-            )
+            gone = disconnect_probe(receive)
+            token = client_gone.set(gone)
+            try:
+                queued = timeline.submit(
+                    state.registry.submit, served, request.inputs, timeout_s=timeout
+                )
+            finally:
+                client_gone.reset(token)
+            outputs = await unless_disconnected(queued, receive, gone)
             if outputs is None:  # the client went away: nobody to answer
                 outcome = "bad_request"  # a client-side end, as nginx's 499
                 return

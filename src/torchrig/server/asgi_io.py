@@ -7,9 +7,11 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 from torchrig.errors import InvalidInput
+from torchrig.runtime.batch_requests import ClientGone
 
 log = logging.getLogger("torchrig.server")
 
@@ -19,6 +21,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 WATCH_AFTER_S = 0.005  # a request still queued after this starts watching for disconnects
+WATCH_PROBED_AFTER_S = 0.25  # the same where the batcher checks `disconnect_probe` itself
 JSON = "application/json"
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
@@ -40,26 +43,43 @@ def strict_decimal(value: str, header: str) -> int:
     return int(value)
 
 
-async def unless_disconnected(
-    task: asyncio.Future[dict[str, Any]], receive: Receive
-) -> dict[str, Any] | None:
-    """Await a queued request's future, or cancel it (None) if the client disconnects
-    first (the body was read: the next ASGI message can only be http.disconnect).
+def disconnect_probe(receive: Receive) -> Callable[[], bool] | None:
+    """A check that costs nothing per request for "has this request's client gone away",
+    where the server offers one: uvicorn's request cycle (the owner of `receive`) sets its
+    `disconnected` flag when the connection closes. None for other ASGI servers, whose
+    requests `unless_disconnected` watches with a task sooner."""
+    cycle = getattr(receive, "__self__", None)
+    if cycle is None or not isinstance(getattr(cycle, "disconnected", None), bool):
+        return None
+    return partial(getattr, cycle, "disconnected")
 
-    Most requests are answered within milliseconds, so the disconnect watcher (a task
-    reading the next ASGI message) starts only if this one is still waiting after
-    `WATCH_AFTER_S`: a task and an `asyncio.wait` per request cost more than the rest of
-    the event loop's share of a small request."""
+
+async def unless_disconnected(
+    task: asyncio.Future[dict[str, Any]],
+    receive: Receive,
+    gone: Callable[[], bool] | None = None,
+) -> dict[str, Any] | None:
+    """Await a queued request's future, or None if the client disconnected first (the body
+    was read: the next ASGI message can only be http.disconnect).
+
+    Most requests are answered within milliseconds, so a disconnect watcher (a task reading
+    the next ASGI message, which cancels the future when it comes) starts only if this one
+    is still waiting after `WATCH_AFTER_S`: a task per request costs more than the rest of
+    the event loop's share of a small request. With `gone` (`disconnect_probe`, which the
+    server hands the batcher through `client_gone`), the batcher itself drops a request
+    whose client left when a batch gathers it (its future fails with `ClientGone`), so the
+    watcher waits `WATCH_PROBED_AFTER_S`: it only frees the queue slots of clients that
+    left a long queue."""
     loop = asyncio.get_running_loop()
-    gone = False
+    left = False
     watcher: asyncio.Future[Any] | None = None
 
     def on_message(message: asyncio.Future[Any]) -> None:
-        nonlocal gone
+        nonlocal left
         if message.cancelled() or message.exception() is not None:
             return
         if message.result().get("type") == "http.disconnect" and not task.done():
-            gone = True
+            left = True
             task.cancel()
 
     def watch() -> None:
@@ -68,11 +88,14 @@ async def unless_disconnected(
             watcher = asyncio.ensure_future(receive())
             watcher.add_done_callback(on_message)
 
-    timer = loop.call_later(WATCH_AFTER_S, watch)
+    timer = loop.call_later(WATCH_AFTER_S if gone is None else WATCH_PROBED_AFTER_S, watch)
     try:
         return await task
+    except ClientGone:
+        log.debug("client went away: its request is dropped")
+        return None
     except asyncio.CancelledError:
-        if not gone:
+        if not left:
             raise  # this handler itself was cancelled: the future went with it
         log.debug("client went away: its request is dropped")
         return None
