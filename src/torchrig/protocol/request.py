@@ -120,7 +120,7 @@ def decode_infer_request(  # noqa: PLR0915 - one pass over the inputs, of three 
         count = element_count(name, shape)
         if accept is not None:
             accept(name, datatype, shape)
-        place = shm_place(wire.parameters or {}, f"input {name!r}")
+        place = None if not wire.parameters else shm_place(wire.parameters, f"input {name!r}")
         if place is not None:
             values[index] = _from_shared_memory(
                 wire, (name, datatype, shape, count), place, shm_read
@@ -160,8 +160,10 @@ def decode_infer_request(  # noqa: PLR0915 - one pass over the inputs, of three 
             "binary_data_size parameters must add up to the body after the JSON header"
         )
 
-    _convert_json(pending_json, values)
-    _materialize(data, binaries, values)
+    if pending_json:
+        _convert_json(pending_json, values)
+    if binaries:
+        _materialize(data, binaries, values)
 
     parameters = request.parameters or {}
     return DecodedRequest(

@@ -629,6 +629,7 @@ class V2App:
 
         declared = headers.get("content-length")
         into: BodyBuffer | None = None
+        size: int | None = None
         if declared is not None:
             size = strict_decimal(declared, "Content-Length")
             if size > self.max_body:
@@ -636,8 +637,11 @@ class V2App:
                     f"request body of {size} bytes exceeds the limit of {self.max_body} bytes "
                     "(serve --max-body-mb)"
                 )
-            if size >= 0:
-                into = BodyBuffer(size, header_length(headers))
+            json_part = header_length(headers)
+            # only binary tensors are viewed in place; JSON data (and a compressed body)
+            # is converted or decompressed anyway, so its chunks are simply joined
+            if json_part is not None and "content-encoding" not in headers:
+                into = BodyBuffer(size, json_part)
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -658,4 +662,9 @@ class V2App:
                 break
         if into is not None:
             return into.body()
+        if size is not None and total != size:
+            raise InvalidInput(
+                f"the request body has {total} bytes but its Content-Length is {size}; send "
+                "exactly as many bytes as declared"
+            )
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
