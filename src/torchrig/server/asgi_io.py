@@ -154,12 +154,15 @@ async def respond(
     *,
     content_type: str | None = JSON,
 ) -> None:
-    raw: list[tuple[bytes, bytes]] = []
-    given = {k.lower(): v for k, v in (headers or {}).items()}
-    if content_type is not None and "content-type" not in given:
-        given["content-type"] = content_type
-    given["content-length"] = str(len(body))
-    for key, value in given.items():
-        raw.append((key.encode("latin-1"), value.encode("latin-1")))
+    raw: list[tuple[bytes, bytes]] = [(b"content-length", str(len(body)).encode())]
+    typed = content_type is None
+    for key, value in (headers or {}).items():
+        name = key.lower()
+        if name == "content-length":
+            continue  # the body's own length, always
+        typed = typed or name == "content-type"
+        raw.append((name.encode("latin-1"), value.encode("latin-1")))
+    if not typed and content_type is not None:
+        raw.append((b"content-type", content_type.encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,20 @@ def _segment_problem(segment: str) -> str | None:
     return None
 
 
+# a model path of plain segments only (a name, then letters, digits, '_' and '-'): nothing
+# in it can traverse, so the segment-by-segment check below is skipped (every request)
+_PLAIN_MODEL_PATH = re.compile(
+    r"/v2/(?:repository/)?models/[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_-]+)*"
+)
+
+
 def check_model_path(scope: MutableMapping[str, Any]) -> None:
     """Refuse a path whose model name (or a later segment) could traverse (InvalidInput)."""
     path: str = scope["path"]
     raw_bytes = scope.get("raw_path")
     raw = raw_bytes.decode("latin-1") if raw_bytes else path
+    if raw == path and _PLAIN_MODEL_PATH.fullmatch(path):
+        return
     prefix = next((p for p in MODEL_PREFIXES if path.startswith(p) or raw.startswith(p)), None)
     if prefix is None:
         return

@@ -44,7 +44,8 @@ class TraceContext:
         at `root_ratio` by its trace id (a malformed header is ignored, as the
         specification asks)."""
         span_id = _random_hex(64)
-        parsed = _parse(headers.get("traceparent", ""))
+        given = headers.get("traceparent")
+        parsed = None if given is None else _parse(given)
         if parsed is None:
             trace_id = _random_hex(128)
             # OpenTelemetry's TraceIdRatioBased: the low 64 bits below ratio * 2**64

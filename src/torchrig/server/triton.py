@@ -159,12 +159,17 @@ class Statistics:
         """A request to a served version ended (`input_ns`, `output_ns`: its decoding and
         encoding, counted when it succeeded). Requests that named no served version are
         not kept: a client probing random names must not grow the table."""
-        if version is None or not any(
+        if version is None:
+            return
+        key = (model, version)
+        # a version already in the table was served (it stays, unchanged in size, after an
+        # unload); only a new one is looked up among the served versions
+        if key not in self._versions and not any(
             v.model == model and str(v.version) == version for v in self.registry.versions()
         ):
             return
         with self._lock:
-            stats = self._versions[(model, version)]
+            stats = self._versions[key]
             (stats.success if ok else stats.fail).add(duration_s)
             if ok:
                 stats.compute_input.count += 1
