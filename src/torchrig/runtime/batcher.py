@@ -117,6 +117,7 @@ class Batcher:
         probe: Mapping[str, Any] | None = None,
         inline: bool = False,
         padding: Padding | None = None,
+        varying_shapes: bool = True,
     ) -> None:
         self.executor = executor
         self.inline = inline  # batches on the event loop, no worker thread (module doc)
@@ -126,6 +127,9 @@ class Batcher:
         # a model that ignores padding (`[padding]`): requests padded to shape buckets, so
         # that different lengths in one bucket share a batch
         self.padding = padding
+        # False: every request has the same sizes past the batch (a signature without
+        # variable ones, checked before queueing), so shapes need not be compared
+        self.varying_shapes = varying_shapes
         self.observer = observer
         self.on_device_fault = on_device_fault
         self.max_batch_size = config.max_batch_size if batching else 1
@@ -182,7 +186,7 @@ class Batcher:
             loop=loop,
             enqueued=now,
             deadline=None if timeout_s is None else now + timeout_s,
-            shape_key=shape_key(inputs) if self.batching else (),
+            shape_key=shape_key(inputs) if self.batching and self.varying_shapes else (),
             crop=crop,
             stage=listened_stage(self.name, now),
             gone=client_gone.get(),

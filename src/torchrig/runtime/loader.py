@@ -213,6 +213,9 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         if replicas.healthy == 0:
             ctx.on_device_fault(exc)
 
+    padding = (
+        padding_for(manifest, served.config, served.warnings) if served.steps is None else None
+    )
     served.batcher = Batcher(
         engine,
         served.config.batching,
@@ -227,9 +230,15 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         # a fast CPU model runs its batches on the event loop (steps are not timed at load)
         inline=served.steps is None and len(replicas) == 1 and executor.runs_inline,
         # `[padding]`: requests padded to shape buckets (the program's own inputs only)
-        padding=padding_for(manifest, served.config, served.warnings)
-        if served.steps is None
-        else None,
+        padding=padding,
+        # validated requests of a signature without variable sizes past the batch all
+        # share one shape, so the batcher need not compare them
+        varying_shapes=not (
+            manifest is not None
+            and served.steps is None
+            and padding is None
+            and all(-1 not in spec.shape[1:] for spec in manifest.inputs)
+        ),
     )
     if served.batcher.inline:
         log.info(
