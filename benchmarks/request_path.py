@@ -73,27 +73,35 @@ class Client:
         }
 
     async def post(self) -> int:
-        done = asyncio.Event()
-        sent_body = False
-        status = 0
+        cycle = _Cycle(self.body)
+        await self.app(dict(self.scope), cycle.receive, cycle.send)
+        return cycle.status
 
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": self.body, "more_body": False}
-            await done.wait()  # the disconnect watch waits here until the response is sent
-            return {"type": "http.disconnect"}
 
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif not message.get("more_body", False):
-                done.set()
+class _Cycle:
+    """One request's ASGI channel, shaped as uvicorn's request cycle is: `receive` is a
+    method of an object with a `disconnected` flag (which the server reads instead of
+    watching for the disconnect message, see torchrig.server.asgi_io.disconnect_probe)."""
 
-        await self.app(dict(self.scope), receive, send)
-        return status
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.disconnected = False
+        self.sent_body = False
+        self.status = 0
+        self.done = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.sent_body:
+            self.sent_body = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.done.wait()  # a disconnect watch waits here until the response is sent
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif not message.get("more_body", False):
+            self.done.set()
 
 
 async def run(args: argparse.Namespace) -> int:
