@@ -16,17 +16,17 @@ The README is read when the tests are collected, so other sections can change fr
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cli_runs import torchrig
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SNAPSHOTS = Path(__file__).resolve().parent / "data" / "snapshots"
@@ -110,17 +110,8 @@ def run_command(command: Command, workdir: Path) -> None:
         at = argv.index(">")
         redirect, argv = argv[at + 1], argv[:at]
     assert argv[0] == "torchrig", f"README bash blocks run torchrig only: {command.text}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    env["COLUMNS"] = "250"  # rich tables: a documented reason is not wrapped across cells
-    proc = subprocess.run(
-        [sys.executable, "-m", "torchrig", *argv[1:]],
-        capture_output=True,
-        text=True,
-        cwd=workdir,
-        env=env,
-        timeout=240,
-        check=False,
-    )
+    # rich tables: a documented reason is not wrapped across cells
+    proc = torchrig(*argv[1:], cwd=workdir, env={"COLUMNS": "250"}, timeout_s=240)
     said = f"{command.text}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     assert proc.returncode == command.exit_code, said
     assert "Traceback" not in proc.stderr, said
