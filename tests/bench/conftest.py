@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from cli_runs import torchrig
 from serving import running
 from torchrig.demo import build_demo_repository
 from torchrig.settings import ServeSettings
@@ -52,16 +51,7 @@ Bench = Callable[..., subprocess.CompletedProcess[str]]
 
 def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`torchrig bench ARGS` in a child process, as a user runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    env["COLUMNS"] = "200"
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", "bench", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
+    return torchrig("bench", *args, env={"COLUMNS": "200"}, timeout_s=timeout)
 
 
 @pytest.fixture

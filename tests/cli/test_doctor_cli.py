@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,20 +10,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from cli_runs import torchrig
+
 DATA = Path(__file__).resolve().parent.parent / "data" / "snapshots"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=240,
-        check=False,
-    )
+    return torchrig(*args, env=env, timeout_s=240)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:

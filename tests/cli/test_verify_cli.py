@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_runs import torchrig
 from torchrig.demo import build_demo_repository
 from torchrig.packaging.files import sha256_of
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    env["COLUMNS"] = "160"
-    return subprocess.run(
-        [sys.executable, "-m", "torchrig", "verify", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=False,
-    )
+    return torchrig("verify", *args, env={"COLUMNS": "160"}, timeout_s=240)
 
 
 @pytest.fixture(scope="module")
