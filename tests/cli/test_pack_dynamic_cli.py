@@ -4,9 +4,7 @@ declaration a one-line error with exit 2, never a traceback."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -54,12 +52,8 @@ def test_bad_declarations_exit_2_with_the_reason(
 
 def test_a_handler_cannot_declare_dynamic_dims_yet(tmp_path: Path) -> None:
     (tmp_path / "handler.py").write_text("class Handler:\n    pass\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torchrig", "pack", "--handler", "handler.py", "--name", "h",
-         "--repository", "repo", "--example", "x:FP32:2x3", "--dynamic", "x:1"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240, check=False,
-    )  # fmt: skip
+    proc = torchrig_pack("--handler", "handler.py", "--name", "h", "--repository", "repo",
+                         "--example", "x:FP32:2x3", "--dynamic", "x:1", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "a --handler cannot declare dynamic dimensions yet" in proc.stderr
     assert "Traceback" not in proc.stderr
