@@ -55,7 +55,11 @@ def test_other_variant_leaves_cuda_packages_to_torchs_exact_pins() -> None:
     assert "setuptools" not in pins  # torch needs setuptools only from Python 3.12
 
 
-def test_unreachable_index_is_reported_not_resolved() -> None:
+def test_unreachable_index_is_reported_not_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one refused connection says it: not uv's 3 and pip's 5 retries with back-off (20 s).
+    # pip keeps 1, since it reports a refused connection only in its retry warning
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    monkeypatch.setenv("PIP_RETRIES", "1")
     spec = resolve_spec(torch="2.9.1", cuda="12.8")
     with pytest.raises(IndexUnreachableError, match="package index is unreachable"):
         resolve(spec, index_url=UNREACHABLE)
