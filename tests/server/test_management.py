@@ -4,11 +4,8 @@ the readable index, and model names that try to leave the repository (raw HTTP).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from cli_runs import torchrig
 from faults import body, pack_faulty
 from serving import running
 from torchrig.errors import ConfigError, ManagementDisabled
@@ -197,15 +195,7 @@ def test_token_sources(tmp_path: Path) -> None:
     ],
 )
 def test_serve_refuses_bad_control_settings(tmp_path: Path, args: list[str], needle: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "torchrig", "serve", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    done = torchrig("serve", str(tmp_path), *args, timeout_s=120)
     assert done.returncode == 2, done.stderr
     assert needle in done.stderr
     assert "Traceback" not in done.stderr

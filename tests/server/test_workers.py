@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cli_runs import torchrig
 from doubles import until
 from torchrig.server.workers import threads_per_worker
 
@@ -300,16 +301,7 @@ def test_workers_stop_when_the_parent_is_killed(
 def test_bad_worker_counts_are_refused(
     tmp_path: Path, args: list[str], environ: dict[str, str], says: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHRIG_")} | environ
-    done = subprocess.run(
-        [sys.executable, "-m", "torchrig", "serve", "--demo", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=DEADLINE_S,
-        check=False,
-    )
+    done = torchrig("serve", "--demo", *args, cwd=tmp_path, env=environ, timeout_s=DEADLINE_S)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("Error: "), done.stderr
     assert says in done.stderr
