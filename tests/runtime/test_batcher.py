@@ -149,6 +149,45 @@ def test_a_request_whose_client_left_is_dropped_when_its_batch_gathers() -> None
     assert model.seen_rows == [1, 1]  # the first and the third request ran
 
 
+def test_the_sweep_drops_queued_requests_whose_clients_left() -> None:
+    """`drop_abandoned` (which the server runs every 0.25 s) frees the queue of requests
+    whose clients left or were cancelled while the model is busy, and leaves the others."""
+    model = Doubler()
+    model.gate.clear()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
+    left = threading.Event()
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.infer(rows(0, 1), rows=1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        token = client_gone.set(left.is_set)
+        try:
+            gone = batcher.submit(rows(1, 1), rows=1)
+        finally:
+            client_gone.reset(token)
+        cancelled = batcher.submit(rows(2, 1), rows=1)
+        kept = asyncio.ensure_future(batcher.infer(rows(3, 1), rows=1))
+        await until_async(lambda: batcher.stats().queue_depth == 3)
+        assert batcher.drop_abandoned() == 0  # all three still wanted
+        left.set()
+        cancelled.cancel()
+        assert batcher.drop_abandoned() == 2
+        assert batcher.stats().queue_depth == 1
+        with pytest.raises(ClientGone):
+            await gone
+        model.gate.set()
+        await first
+        assert float((await kept)["y"].reshape(-1)[0]) == 6.0
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.gate.set()
+        batcher.close()
+    assert batcher.stats().cancelled == 2
+    assert model.seen_rows == [1, 1]
+
+
 def test_a_failing_request_fails_alone_and_its_batch_mates_are_answered() -> None:
     model = Doubler()
     model.poison = -1.0

@@ -130,10 +130,10 @@ def encode_infer_response(
 
 def _tensor_output(spec: TensorSpec, value: Any, binary: bool) -> tuple[_WireOutputTensor, Any]:
     target = TORCH_DTYPES[spec.datatype]
-    tensor = value.detach()
+    tensor = value.detach() if value.requires_grad else value
     if tensor.dtype != target:
         tensor = tensor.to(target)
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         tensor = tensor.cpu()
     shape = list(tensor.shape)
     flat = tensor.reshape(-1)  # a view when contiguous, else the one copy we need

@@ -210,6 +210,28 @@ class Batcher:
                 self._schedule(loop)
         return request.future
 
+    def drop_abandoned(self) -> int:
+        """Drop the queued requests whose caller left (future cancelled, or `client_gone`'s
+        check true) now, not when a batch would gather them: their queue slots free up
+        and their handlers end. Returns how many (the server sweeps every
+        `torchrig.server.runner.ABANDONED_SWEEP_S`)."""
+        with self._cond:
+            if not self._queue:
+                return 0
+            kept: collections.deque[QueuedRequest] = collections.deque()
+            dropped = 0
+            for request in self._queue:
+                gone = request.gone
+                if request.future.cancelled() or (gone is not None and gone()):
+                    dropped += 1
+                    self._queued_rows -= request.rows
+                    self._skip(request)
+                else:
+                    kept.append(request)
+            if dropped:
+                self._queue = kept
+            return dropped
+
     def _retry_after(self) -> float:
         waiting_batches = math.ceil(len(self._queue) / max(1, self.max_batch_size))
         estimate = waiting_batches * max(self._batch_time_s, 0.001) / max(1, len(self._threads))
@@ -281,7 +303,7 @@ class Batcher:
                 # processes took from it meanwhile (on a busy machine, wall time would
                 # move a fast model off the loop)
                 started = time.thread_time()
-                self._run(batch)
+                self._run(batch, loop)
                 if (spent := time.thread_time() - started) > self._inline_limit_s:
                     self._leave_loop(spent)
         except Exception as exc:  # a loop callback: its requests must still be answered
@@ -424,7 +446,13 @@ class Batcher:
             if batch:
                 self._run(batch)
 
-    def _run(self, batch: list[QueuedRequest]) -> None:
+    def _run(
+        self, batch: list[QueuedRequest], loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Run a batch and answer its requests. Given the event loop the batch runs on
+        (inline), the observer runs in a callback after them: the handlers this batch
+        resumes send their answers first (the observer's metrics cost a small batch as much
+        as the rest of its bookkeeping), and nothing reads the metrics in between."""
         started = time.monotonic()
         rows = sum(r.rows for r in batch)
         executed = self._execute(batch)
@@ -439,7 +467,10 @@ class Batcher:
         if times is not None:
             times.ended_ns, times.failed = times.started_ns + int(elapsed * 1e9), failed
         resolve_all(outcomes)
-        self._observe(batch, rows, started, elapsed, failed=failed)
+        if loop is not None and self.observer is not None:
+            loop.call_soon(self._observe, batch, rows, started, elapsed, failed)
+        else:
+            self._observe(batch, rows, started, elapsed, failed)
 
     def _execute(self, batch: list[QueuedRequest]) -> list[Outcome]:
         """Run a batch; a failure splits it by requests (never raises). A single request
@@ -575,7 +606,7 @@ class Batcher:
         return [(r, None, error) for r in batch]
 
     def _observe(
-        self, batch: list[QueuedRequest], rows: int, started: float, elapsed: float, *, failed: bool
+        self, batch: list[QueuedRequest], rows: int, started: float, elapsed: float, failed: bool
     ) -> None:
         """Tell the observer, after the callers were answered; its faults are only logged."""
         if self.observer is None:

@@ -397,6 +397,15 @@ class ModelRegistry:
 
     # ---- queries -------------------------------------------------------------------------
 
+    def drop_abandoned(self) -> int:
+        """Drop every queued request whose caller left, in every served version's batcher
+        (see `Batcher.drop_abandoned`); returns how many."""
+        return sum(
+            served.batcher.drop_abandoned()
+            for served in list(self._versions.values())
+            if served.batcher is not None
+        )
+
     def versions(self) -> list[ServedVersion]:
         return sorted(self._versions.values(), key=lambda v: (v.model, v.version))
 

@@ -147,7 +147,7 @@ def check_ranges(model: str, inputs: Mapping[str, Any], ranges: Mapping[str, lis
         # this runs on the event loop for every request: numpy's reductions cost a
         # fraction of torch's dispatch, and on the few values of a small request, a list's
         # min and max cost a fraction of numpy's
-        if tensor.device.type != "cpu":
+        if not tensor.is_cpu:
             smallest, largest = int(tensor.min()), int(tensor.max())
         elif tensor.numel() <= SMALL_RANGE_CHECK:
             values = tensor.numpy().ravel().tolist()

@@ -21,7 +21,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 WATCH_AFTER_S = 0.005  # a request still queued after this starts watching for disconnects
-WATCH_PROBED_AFTER_S = 0.25  # the same where the batcher checks `disconnect_probe` itself
 JSON = "application/json"
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
@@ -47,7 +46,7 @@ def disconnect_probe(receive: Receive) -> Callable[[], bool] | None:
     """A check that costs nothing per request for "has this request's client gone away",
     where the server offers one: uvicorn's request cycle (the owner of `receive`) sets its
     `disconnected` flag when the connection closes. None for other ASGI servers, whose
-    requests `unless_disconnected` watches with a task sooner."""
+    requests `unless_disconnected` watches with a task instead."""
     cycle = getattr(receive, "__self__", None)
     if cycle is None or not isinstance(getattr(cycle, "disconnected", None), bool):
         return None
@@ -62,14 +61,20 @@ async def unless_disconnected(
     """Await a queued request's future, or None if the client disconnected first (the body
     was read: the next ASGI message can only be http.disconnect).
 
-    Most requests are answered within milliseconds, so a disconnect watcher (a task reading
-    the next ASGI message, which cancels the future when it comes) starts only if this one
-    is still waiting after `WATCH_AFTER_S`: a task per request costs more than the rest of
-    the event loop's share of a small request. With `gone` (`disconnect_probe`, which the
-    server hands the batcher through `client_gone`), the batcher itself drops a request
-    whose client left when a batch gathers it (its future fails with `ClientGone`), so the
-    watcher waits `WATCH_PROBED_AFTER_S`: it only frees the queue slots of clients that
-    left a long queue."""
+    With `gone` (`disconnect_probe`, which the server hands the batcher through
+    `client_gone`), the batcher drops a request whose client left, when a batch gathers
+    it or when the server's sweep finds it (`torchrig.server.runner.drop_abandoned`), and
+    its future fails with `ClientGone`: nothing per request here. Otherwise a disconnect
+    watcher (a task reading the next ASGI message, which cancels the future when it comes)
+    starts if this request is still waiting after `WATCH_AFTER_S` (most are answered
+    within milliseconds, and a task per request costs more than the rest of the event
+    loop's share of a small request)."""
+    if gone is not None:
+        try:
+            return await task
+        except ClientGone:
+            log.debug("client went away: its request is dropped")
+            return None
     loop = asyncio.get_running_loop()
     left = False
     watcher: asyncio.Future[Any] | None = None
@@ -88,12 +93,9 @@ async def unless_disconnected(
             watcher = asyncio.ensure_future(receive())
             watcher.add_done_callback(on_message)
 
-    timer = loop.call_later(WATCH_AFTER_S if gone is None else WATCH_PROBED_AFTER_S, watch)
+    timer = loop.call_later(WATCH_AFTER_S, watch)
     try:
         return await task
-    except ClientGone:
-        log.debug("client went away: its request is dropped")
-        return None
     except asyncio.CancelledError:
         if not left:
             raise  # this handler itself was cancelled: the future went with it

@@ -30,6 +30,7 @@ from torchrig.settings import ServeSettings
 log = logging.getLogger("torchrig.server")
 
 PUBLISH_INTERVAL_S = 0.5  # with several workers: how old another worker's gauges may be
+ABANDONED_SWEEP_S = 0.25  # how often queued requests of clients that left are dropped
 
 
 def run_doctor(snapshot: Snapshot, require_gpu: bool) -> tuple[bool, str]:
@@ -102,6 +103,7 @@ def build_state(
             )
         for name, reason in registry.model_errors().items():
             log.error("model %s not served: %s", name, reason, extra={"model": name})
+        tasks.append(asyncio.ensure_future(drop_abandoned(registry, ABANDONED_SWEEP_S)))
         if settings.control_mode == "poll":
             tasks.append(asyncio.ensure_future(poll(registry, settings.poll_interval_s)))
         if metrics.multiprocess:
@@ -156,6 +158,21 @@ async def poll(registry: ModelRegistry, interval_s: float) -> None:
             await registry.refresh()
         except Exception as exc:  # a task boundary: an unreachable store must not stop it
             log.warning("polling the model repository failed: %s; trying again", exc)
+
+
+async def drop_abandoned(registry: ModelRegistry, interval_s: float) -> None:
+    """Every `interval_s`, drop the queued requests whose clients left (a batch gathering
+    one drops it too; this frees the queue slots and ends the handlers of clients that
+    left a long queue, with no timer per request)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            dropped = registry.drop_abandoned()
+        except Exception:  # a task boundary: a failed sweep must not stop the next ones
+            log.exception("dropping the requests of clients that left failed; trying again")
+            continue
+        if dropped:
+            log.debug("dropped %d queued requests whose clients left", dropped)
 
 
 async def publish_metrics(metrics: ServerMetrics, interval_s: float) -> None:
