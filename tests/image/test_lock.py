@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -18,13 +19,29 @@ from torchrig.image.lock import IndexUnreachableError, parse_constraints, resolv
 from torchrig.image.spec import resolve_spec
 
 UNREACHABLE = "http://127.0.0.1:9/simple"  # the discard port: nothing listens there
+# the requirement sets the tests below lock: (torch, cuda, flavour, python)
+LOCKED = [("2.9.1", "12.8", flavour, "3.12") for flavour in ("runtime", "dev", "serve")] + [
+    ("2.9.1", "12.6", "runtime", "3.10")
+]
+# one worker runs this module, so that the sets above resolve once, side by side
+pytestmark = pytest.mark.xdist_group("image-lock")
+
+
+def _resolve(torch: str, cuda: str, flavour: str, python: str) -> str:
+    return resolve(resolve_spec(torch=torch, cuda=cuda, flavour=flavour, python=python))
 
 
 @functools.cache
+def _resolving() -> dict[tuple[str, str, str, str], Future[str]]:
+    """Every set of LOCKED resolving at once: each waits on the index for most of its
+    15-20 s, so four in a row would take a minute."""
+    pool = ThreadPoolExecutor(len(LOCKED), thread_name_prefix="lock")
+    return {key: pool.submit(_resolve, *key) for key in LOCKED}
+
+
 def _locked(torch: str, cuda: str, flavour: str, python: str) -> str:
-    spec = resolve_spec(torch=torch, cuda=cuda, flavour=flavour, python=python)
     try:
-        return resolve(spec)
+        return _resolving()[(torch, cuda, flavour, python)].result()
     except IndexUnreachableError as exc:
         pytest.skip(f"package index unreachable, requirement set not resolved: {exc.message}")
 
