@@ -21,7 +21,7 @@ class BatchExecutor(Protocol):
     def infer(self, inputs: Mapping[str, Any]) -> Tensors: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class QueuedRequest:
     """One request waiting for (or in) a batch: its inputs, its future and its loop."""
 

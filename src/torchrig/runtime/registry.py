@@ -492,12 +492,19 @@ class ModelRegistry:
         return await self.submit(served, inputs, timeout_s=timeout_s)
 
     def submit(
-        self, served: ServedVersion, inputs: dict[str, Any], *, timeout_s: float | None = None
+        self,
+        served: ServedVersion,
+        inputs: dict[str, Any],
+        *,
+        timeout_s: float | None = None,
+        declared: bool = False,
     ) -> asyncio.Future[dict[str, Any]]:
         """Validate and queue at once on a version already resolved (the server resolves
         it once to decode the request against its signature). Queueing in the same step
         as resolving matters: a version retired meanwhile stops accepting, so a request
-        must be in its queue before control returns to the event loop."""
+        must be in its queue before control returns to the event loop. `declared`: the
+        caller's decoder made each input as the request declared it, after checking that
+        declaration against this version's signature (`check_declared`)."""
         if self.device_fault is not None:
             raise DeviceUnhealthy(
                 f"this replica's device failed ({self.device_fault}); retry on another replica"
@@ -515,5 +522,6 @@ class ModelRegistry:
             max_batch_size=batcher.max_batch_size,
             ranges=manifest.input_ranges,
             dynamic=manifest.dynamic_dims,
+            declared=declared,
         )
         return batcher.submit(inputs, rows=rows, timeout_s=timeout_s)

@@ -52,13 +52,17 @@ def validate_inputs(
     max_batch_size: int,
     ranges: Mapping[str, list[int]] | None = None,
     dynamic: Sequence[DynamicDim] = (),
+    declared: bool = False,
 ) -> int:
     """Check names, datatypes, shapes, the sizes of declared dynamic dimensions and
     declared integer ranges; return the request's row count (1 unbatched).
 
     Every error names the input and what was expected. A declared range is checked here,
     per request, so that an out-of-range index never reaches the model (on a GPU it would
-    be a device-side assert that poisons the whole replica).
+    be a device-side assert that poisons the whole replica). `declared`: each tensor was
+    made with the datatype and shape its request declared, and `check_declared` checked
+    those against `specs`, so only what spans inputs (presence, batch sizes) and values
+    (ranges) are checked again.
     """
     if len(inputs) != len(specs) or not all(s.name in inputs for s in specs):
         expected = {s.name for s in specs}
@@ -76,18 +80,19 @@ def validate_inputs(
     rows: int | None = None
     for spec in specs:
         tensor = inputs[spec.name]
-        datatype = _datatype(tensor.dtype)
-        if datatype != spec.datatype:
-            raise InvalidInput(
-                f"model {model}: input {spec.name} has datatype {datatype}, expected "
-                f"{spec.datatype}"
-            )
         shape = tensor.shape
-        if not _fits(spec.shape, shape):
-            raise InvalidInput(
-                f"model {model}: input {spec.name} has shape {list(shape)}, expected "
-                f"{_shape(spec)} (-1: any size)"
-            )
+        if not declared:
+            datatype = _datatype(tensor.dtype)
+            if datatype != spec.datatype:
+                raise InvalidInput(
+                    f"model {model}: input {spec.name} has datatype {datatype}, expected "
+                    f"{spec.datatype}"
+                )
+            if not _fits(spec.shape, shape):
+                raise InvalidInput(
+                    f"model {model}: input {spec.name} has shape {list(shape)}, expected "
+                    f"{_shape(spec)} (-1: any size)"
+                )
         if batching:
             if not shape:
                 raise InvalidInput(f"model {model}: input {spec.name} has no batch dimension")
@@ -98,7 +103,7 @@ def validate_inputs(
                     f"model {model}: inputs disagree on the batch size ({rows} vs {shape[0]} "
                     f"for {spec.name})"
                 )
-    if dynamic:
+    if dynamic and not declared:
         check_dynamic_sizes(model, inputs, dynamic)
     if ranges:
         check_ranges(model, inputs, ranges)

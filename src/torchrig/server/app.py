@@ -32,9 +32,12 @@ from torchrig.errors import (
     TorchrigError,
     Unauthorized,
 )
+from torchrig.protocol import decode_infer_request, encode_infer_response
+from torchrig.protocol.body import BodyBuffer
 from torchrig.protocol.shared_memory import ShmReader
 from torchrig.runtime import ModelRegistry
 from torchrig.runtime.batch_requests import client_gone
+from torchrig.runtime.validation import check_declared
 from torchrig.server.asgi_io import (
     Receive,
     Scope,
@@ -459,7 +462,6 @@ class V2App:
     async def _infer(  # noqa: PLR0915 - one request's whole path, timed stage by stage
         self, scope: Scope, receive: Receive, send: Send, params: dict[str, str]
     ) -> None:
-        from torchrig.protocol import encode_infer_response
 
         state = self.state
         headers = _headers(scope)
@@ -491,7 +493,11 @@ class V2App:
             token = client_gone.set(gone)
             try:
                 queued = timeline.submit(
-                    state.registry.submit, served, request.inputs, timeout_s=timeout
+                    state.registry.submit,
+                    served,
+                    request.inputs,
+                    timeout_s=timeout,
+                    declared=True,  # check_declared saw each input's name, type and shape
                 )
             finally:
                 client_gone.reset(token)
@@ -581,8 +587,6 @@ class V2App:
         shm_read: ShmReader | None = None,
     ) -> tuple[Any, Any]:
         """Read and decode a request for a ready model version: (served version, request)."""
-        from torchrig.protocol import decode_infer_request
-        from torchrig.runtime.validation import check_declared
 
         body = await self._read_body(headers, receive)
         served = self.state.registry.resolve(model, version)
@@ -625,7 +629,6 @@ class V2App:
         straight into one aligned, writable buffer that the decoded tensors view
         (`BodyBuffer`; a compressed body is decompressed from it); otherwise the chunks are
         joined."""
-        from torchrig.protocol.body import BodyBuffer
 
         declared = headers.get("content-length")
         into: BodyBuffer | None = None

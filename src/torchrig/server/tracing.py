@@ -43,17 +43,16 @@ class TraceContext:
         """Continue the caller's trace (and its sampling decision), or start one, sampled
         at `root_ratio` by its trace id (a malformed header is ignored, as the
         specification asks)."""
-        span_id = _random_hex(64)
         given = headers.get("traceparent")
         parsed = None if given is None else _parse(given)
         if parsed is None:
-            trace_id = _random_hex(128)
+            trace_id, span_id = _random_ids()
             # OpenTelemetry's TraceIdRatioBased: the low 64 bits below ratio * 2**64
             sampled = int(trace_id[16:], 16) < root_ratio * (1 << 64)
             return cls(trace_id=trace_id, span_id=span_id, flags=SAMPLED if sampled else 0)
         trace_id, parent_id, flags = parsed
         state = headers.get("tracestate") or None
-        return cls(trace_id, span_id, parent_id, flags, state)
+        return cls(trace_id, _random_hex(64), parent_id, flags, state)
 
     def traceparent(self) -> str:
         """This server's span as a `traceparent` value (version 00)."""
@@ -72,6 +71,14 @@ def _random_hex(bits: int) -> str:
     the event loop of a busy server each release let another thread keep it for up to the
     5 ms switch interval (measured: 190 us per id with a batcher thread running)."""
     return f"{random.getrandbits(bits) or 1:0{bits // 4}x}"
+
+
+def _random_ids() -> tuple[str, str]:
+    """A new trace id and span id (as `_random_hex(128)` and `_random_hex(64)`), from one
+    draw of random bits: a request that starts a trace pays for one."""
+    bits = random.getrandbits(192)
+    trace, span = bits >> 64, bits & 0xFFFF_FFFF_FFFF_FFFF
+    return f"{trace or 1:032x}", f"{span or 1:016x}"
 
 
 def _parse(value: str) -> tuple[str, str, int] | None:

@@ -270,7 +270,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             if time_remaining is not None:  # the call's own deadline
                 timeout = min(timeout, max(time_remaining, 0.0))
             outputs = await timeline.submit(
-                state.registry.submit, served, decoded.inputs, timeout_s=timeout
+                state.registry.submit,
+                served,
+                decoded.inputs,
+                timeout_s=timeout,
+                declared=True,  # check_declared saw each input's name, type and shape
             )
             served_version = str(served.version)
             timeline.resumed_ns = time.monotonic_ns()
