@@ -37,15 +37,18 @@ class TracedCall:
     """The traced module, called like the exported one; a failing call is replayed by the
     exported module, whose error (type and message) is the one the caller sees."""
 
-    __slots__ = ("exported", "traced")
+    __slots__ = ("_forward", "exported", "traced")
 
     def __init__(self, traced: Any, exported: Any) -> None:
         self.traced = traced
         self.exported = exported
+        # the script method itself: a trace has no hooks, so nn.Module.__call__'s checks
+        # for them are Python run for nothing on every call
+        self._forward = traced.forward
 
     def __call__(self, *args: torch.Tensor) -> Any:
         try:
-            return self.traced(*args)
+            return self._forward(*args)
         except Exception:
             return self.exported(*args)
 

@@ -92,6 +92,7 @@ class Executor:
         self.warnings: list[str] = []
         self._program: Any = None
         self._dtype: Any = None
+        self._outputs_as: list[tuple[str, Any]] | None = None  # see _output_dtypes
         self._channels_last = False
         self._eager_module: Any = None
         self._lanes: queue.SimpleQueue[Any] | None = None  # CudaLane, one per instance
@@ -443,20 +444,29 @@ class Executor:
                 lanes.put(lane)
         # the CPU path: channels_last is a CUDA-only choice, so only the dtype changes
         cast = self._dtype
-        staged = {
-            name: tensor.to(cast) if cast is not None and tensor.is_floating_point() else tensor
-            for name, tensor in inputs.items()
-        }
+        staged = inputs
+        if cast is not None:
+            staged = {
+                name: tensor.to(cast) if tensor.is_floating_point() else tensor
+                for name, tensor in inputs.items()
+            }
         with torch.inference_mode():
             outputs = program(staged)
         result: dict[str, Any] = {}
-        for spec in self.manifest.outputs:
-            tensor = outputs[spec.name]
-            want = torch_dtype(spec.datatype)
+        for name, want in self._output_dtypes():
+            tensor = outputs[name]
             if tensor.dtype != want:
                 tensor = tensor.to(want)
-            result[spec.name] = tensor
+            result[name] = tensor
         return result
+
+    def _output_dtypes(self) -> list[tuple[str, Any]]:
+        """Each output's name and the torch dtype its signature promises (made once)."""
+        if self._outputs_as is None:
+            self._outputs_as = [
+                (spec.name, torch_dtype(spec.datatype)) for spec in self.manifest.outputs
+            ]
+        return self._outputs_as
 
 
 def _rows(inputs: Mapping[str, Any]) -> int:
