@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from doubles import Doubler, rows, until_async
@@ -17,7 +18,7 @@ from torchrig.packaging import pack
 from torchrig.repository import BatchingConfig, ModelConfig, Repository
 from torchrig.runtime import ModelRegistry
 from torchrig.runtime.batcher import Batcher
-from torchrig.server.metrics import ServerMetrics
+from torchrig.server.metrics import DURATION_BUCKETS_S, ServerMetrics, observe_all
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -249,3 +250,27 @@ def test_openmetrics_when_the_scraper_asks_for_it() -> None:
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
     assert metrics.render()[1] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+def test_observing_a_batch_of_values_counts_as_observing_each() -> None:
+    """observe_all (a batch's queue waits) leaves a histogram exactly as one observe() per
+    value would: bounds are inclusive, values past the last finite bound land in +Inf."""
+    values = [0.0, 0.0005, 0.0004, 0.001, 0.0011, 0.5, 0.5, 7.0, 12.0, 1e-9]
+    one, each = CollectorRegistry(), CollectorRegistry()
+    batched = Histogram("waits", "w", buckets=DURATION_BUCKETS_S, registry=one)
+    single = Histogram("waits", "w", buckets=DURATION_BUCKETS_S, registry=each)
+    observe_all(batched, values)
+    for value in values:
+        single.observe(value)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], float]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
+            if not sample.name.endswith("_created")
+        }
+
+    assert samples(one) == pytest.approx(samples(each))
+    assert samples(one)[("waits_bucket", (("le", "0.0005"),))] == 4
+    assert samples(one)[("waits_count", ())] == len(values)

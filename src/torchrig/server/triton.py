@@ -186,8 +186,7 @@ class Statistics:
             if record.failed:
                 return
             stats.inference_count += record.rows
-            for wait in record.queue_waits_s:
-                stats.queue.add(wait)
+            stats.queue.add(sum(record.queue_waits_s), len(record.queue_waits_s))
             stats.compute_infer.add(record.compute_s * record.requests, record.requests)
 
     def observer(
