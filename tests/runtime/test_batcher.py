@@ -114,44 +114,13 @@ def test_expired_and_abandoned_requests_never_reach_the_model() -> None:
     assert model.seen_rows == [1]  # only the first request ran
 
 
-def test_a_request_whose_client_left_is_dropped_when_its_batch_gathers() -> None:
-    """`client_gone`, set around submit, is checked when a batch gathers the request: a
-    client that left by then costs no model time, and its future fails with ClientGone
-    (thread-safely, from the worker) while the others run."""
-    model = Doubler()
-    model.gate.clear()
-    batcher = Batcher(model, BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
-    left = threading.Event()
-
-    async def main() -> None:
-        first = asyncio.ensure_future(batcher.infer(rows(0, 1), rows=1))
-        await asyncio.to_thread(model.entered.wait, 10)
-        token = client_gone.set(left.is_set)
-        try:
-            gone = batcher.submit(rows(1, 1), rows=1)
-        finally:
-            client_gone.reset(token)
-        kept = asyncio.ensure_future(batcher.infer(rows(2, 1), rows=1))
-        await until_async(lambda: batcher.stats().queue_depth == 2)
-        left.set()  # the client of the second request goes away while it waits
-        model.gate.set()
-        await first
-        with pytest.raises(ClientGone):
-            await gone
-        assert float((await kept)["y"].reshape(-1)[0]) == 4.0
-
-    try:
-        asyncio.run(main())
-    finally:
-        model.gate.set()
-        batcher.close()
-    assert batcher.stats().cancelled == 1
-    assert model.seen_rows == [1, 1]  # the first and the third request ran
-
-
-def test_the_sweep_drops_queued_requests_whose_clients_left() -> None:
-    """`drop_abandoned` (which the server runs every 0.25 s) frees the queue of requests
-    whose clients left or were cancelled while the model is busy, and leaves the others."""
+@pytest.mark.parametrize("dropped_by", ["gather", "sweep"])
+def test_requests_whose_clients_left_never_reach_the_model(dropped_by: str) -> None:
+    """`client_gone`, set around submit, tells the batcher how to see a request's client
+    leave. A request whose client left (or that was cancelled) while the model is busy is
+    dropped by the sweep the server runs every 0.25 s (`drop_abandoned`), or else when a
+    batch gathers it: its future fails with ClientGone (thread-safely, from the worker),
+    it costs no model time, and the others run."""
     model = Doubler()
     model.gate.clear()
     batcher = Batcher(model, BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
@@ -169,14 +138,15 @@ def test_the_sweep_drops_queued_requests_whose_clients_left() -> None:
         kept = asyncio.ensure_future(batcher.infer(rows(3, 1), rows=1))
         await until_async(lambda: batcher.stats().queue_depth == 3)
         assert batcher.drop_abandoned() == 0  # all three still wanted
-        left.set()
+        left.set()  # the client of the second request goes away while it waits
         cancelled.cancel()
-        assert batcher.drop_abandoned() == 2
-        assert batcher.stats().queue_depth == 1
-        with pytest.raises(ClientGone):
-            await gone
+        if dropped_by == "sweep":
+            assert batcher.drop_abandoned() == 2
+            assert batcher.stats().queue_depth == 1
         model.gate.set()
         await first
+        with pytest.raises(ClientGone):
+            await gone
         assert float((await kept)["y"].reshape(-1)[0]) == 6.0
 
     try:
@@ -185,7 +155,7 @@ def test_the_sweep_drops_queued_requests_whose_clients_left() -> None:
         model.gate.set()
         batcher.close()
     assert batcher.stats().cancelled == 2
-    assert model.seen_rows == [1, 1]
+    assert model.seen_rows == [1, 1]  # the first and the last request ran
 
 
 def test_a_failing_request_fails_alone_and_its_batch_mates_are_answered() -> None:
