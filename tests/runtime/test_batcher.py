@@ -120,7 +120,8 @@ def test_requests_whose_clients_left_never_reach_the_model(dropped_by: str) -> N
     leave. A request whose client left (or that was cancelled) while the model is busy is
     dropped by the sweep the server runs every 0.25 s (`drop_abandoned`), or else when a
     batch gathers it: its future fails with ClientGone (thread-safely, from the worker),
-    it costs no model time, and the others run."""
+    it costs no model time, and the others run. A request whose deadline passed goes the
+    same way, with DeadlineExceeded."""
     model = Doubler()
     model.gate.clear()
     batcher = Batcher(model, BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
@@ -138,15 +139,20 @@ def test_requests_whose_clients_left_never_reach_the_model(dropped_by: str) -> N
         kept = asyncio.ensure_future(batcher.infer(rows(3, 1), rows=1))
         await until_async(lambda: batcher.stats().queue_depth == 3)
         assert batcher.drop_abandoned() == 0  # all three still wanted
+        late = batcher.submit(rows(4, 1), rows=1, timeout_s=1e-9)  # its deadline passes
         left.set()  # the client of the second request goes away while it waits
         cancelled.cancel()
         if dropped_by == "sweep":
-            assert batcher.drop_abandoned() == 2
+            assert batcher.drop_abandoned() == 3
             assert batcher.stats().queue_depth == 1
+            with pytest.raises(DeadlineExceeded):  # answered before the model is free
+                await late
         model.gate.set()
         await first
         with pytest.raises(ClientGone):
             await gone
+        with pytest.raises(DeadlineExceeded):
+            await late
         assert float((await kept)["y"].reshape(-1)[0]) == 6.0
 
     try:
@@ -154,8 +160,8 @@ def test_requests_whose_clients_left_never_reach_the_model(dropped_by: str) -> N
     finally:
         model.gate.set()
         batcher.close()
-    assert batcher.stats().cancelled == 2
-    assert model.seen_rows == [1, 1]  # the first and the last request ran
+    assert (batcher.stats().cancelled, batcher.stats().expired) == (2, 1)
+    assert model.seen_rows == [1, 1]  # the first and the fourth request ran
 
 
 def test_a_failing_request_fails_alone_and_its_batch_mates_are_answered() -> None:

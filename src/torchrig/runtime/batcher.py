@@ -211,23 +211,20 @@ class Batcher:
         return request.future
 
     def drop_abandoned(self) -> int:
-        """Drop the queued requests whose caller left (future cancelled, or `client_gone`'s
-        check true) now, not when a batch would gather them: their queue slots free up
-        and their handlers end. Returns how many (the server sweeps every
-        `torchrig.server.runner.ABANDONED_SWEEP_S`)."""
+        """Drop now, not when a batch would gather them, the queued requests `_skip` drops
+        (the caller left: future cancelled or `client_gone`'s check true; the deadline
+        passed): their queue slots free up and their callers get their answer. Returns
+        how many (the server sweeps every `torchrig.server.runner.ABANDONED_SWEEP_S`)."""
         with self._cond:
             if not self._queue:
                 return 0
             kept: collections.deque[QueuedRequest] = collections.deque()
-            dropped = 0
             for request in self._queue:
-                gone = request.gone
-                if request.future.cancelled() or (gone is not None and gone()):
-                    dropped += 1
+                if self._skip(request):
                     self._queued_rows -= request.rows
-                    self._skip(request)
                 else:
                     kept.append(request)
+            dropped = len(self._queue) - len(kept)
             if dropped:
                 self._queue = kept
             return dropped

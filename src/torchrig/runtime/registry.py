@@ -398,8 +398,8 @@ class ModelRegistry:
     # ---- queries -------------------------------------------------------------------------
 
     def drop_abandoned(self) -> int:
-        """Drop every queued request whose caller left, in every served version's batcher
-        (see `Batcher.drop_abandoned`); returns how many."""
+        """Drop every queued request whose caller left or whose deadline passed, in every
+        served version's batcher (see `Batcher.drop_abandoned`); returns how many."""
         return sum(
             served.batcher.drop_abandoned()
             for served in list(self._versions.values())

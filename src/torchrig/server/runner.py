@@ -30,7 +30,7 @@ from torchrig.settings import ServeSettings
 log = logging.getLogger("torchrig.server")
 
 PUBLISH_INTERVAL_S = 0.5  # with several workers: how old another worker's gauges may be
-ABANDONED_SWEEP_S = 0.25  # how often queued requests of clients that left are dropped
+ABANDONED_SWEEP_S = 0.25  # how often queued requests nobody waits for are dropped
 
 
 def run_doctor(snapshot: Snapshot, require_gpu: bool) -> tuple[bool, str]:
@@ -161,9 +161,9 @@ async def poll(registry: ModelRegistry, interval_s: float) -> None:
 
 
 async def drop_abandoned(registry: ModelRegistry, interval_s: float) -> None:
-    """Every `interval_s`, drop the queued requests whose clients left (a batch gathering
-    one drops it too; this frees the queue slots and ends the handlers of clients that
-    left a long queue, with no timer per request)."""
+    """Every `interval_s`, drop the queued requests whose clients left or whose deadlines
+    passed (a batch gathering one drops it too; this frees the queue slots and answers
+    the requests that wait in a long queue, with no timer per request)."""
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -172,7 +172,7 @@ async def drop_abandoned(registry: ModelRegistry, interval_s: float) -> None:
             log.exception("dropping the requests of clients that left failed; trying again")
             continue
         if dropped:
-            log.debug("dropped %d queued requests whose clients left", dropped)
+            log.debug("dropped %d queued requests (clients gone or deadlines past)", dropped)
 
 
 async def publish_metrics(metrics: ServerMetrics, interval_s: float) -> None:
