@@ -41,12 +41,17 @@ class BodyBuffer:
 
     def body(self) -> memoryview:
         """The whole body; a short one is refused (the client must send what it declared)."""
-        if self.written != self.size:
-            raise InvalidInput(
-                f"the request body has {self.written} bytes but its Content-Length is "
-                f"{self.size}; send exactly as many bytes as declared"
-            )
+        check_length(self.written, self.size)
         return self._view
+
+
+def check_length(received: int, declared: int) -> None:
+    """Refuse a body of another length than its Content-Length declared."""
+    if received != declared:
+        raise InvalidInput(
+            f"the request body has {received} bytes but its Content-Length is "
+            f"{declared}; send exactly as many bytes as declared"
+        )
 
 
 def _looks_like_zlib(body: Buffer) -> bool:

@@ -395,8 +395,6 @@ class ModelRegistry:
                 self.device_fault,
             )
 
-    # ---- queries -------------------------------------------------------------------------
-
     def drop_abandoned(self) -> int:
         """Drop every queued request whose caller left or whose deadline passed, in every
         served version's batcher (see `Batcher.drop_abandoned`); returns how many."""
@@ -405,6 +403,8 @@ class ModelRegistry:
             for served in list(self._versions.values())
             if served.batcher is not None
         )
+
+    # ---- queries -------------------------------------------------------------------------
 
     def versions(self) -> list[ServedVersion]:
         return sorted(self._versions.values(), key=lambda v: (v.model, v.version))

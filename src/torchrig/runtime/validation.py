@@ -180,8 +180,8 @@ def check_declared(
 ) -> None:
     """What a request declares of one input (name, datatype, shape, the sizes of dynamic
     dimensions), checked before its data is parsed: a request that cannot be served is
-    refused before it costs anything. `validate_inputs` checks the decoded tensors in full
-    later."""
+    refused before it costs anything. The decoders build each input as declared, so
+    `validate_inputs(declared=True)` then checks only what spans inputs and the values."""
     for spec in specs:
         if spec.name == name:
             break

@@ -33,7 +33,7 @@ from torchrig.errors import (
     Unauthorized,
 )
 from torchrig.protocol import decode_infer_request, encode_infer_response
-from torchrig.protocol.body import BodyBuffer
+from torchrig.protocol.body import BodyBuffer, check_length
 from torchrig.protocol.shared_memory import ShmReader
 from torchrig.runtime import ModelRegistry
 from torchrig.runtime.batch_requests import client_gone
@@ -462,7 +462,6 @@ class V2App:
     async def _infer(  # noqa: PLR0915 - one request's whole path, timed stage by stage
         self, scope: Scope, receive: Receive, send: Send, params: dict[str, str]
     ) -> None:
-
         state = self.state
         headers = _headers(scope)
         request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids):x}"
@@ -587,7 +586,6 @@ class V2App:
         shm_read: ShmReader | None = None,
     ) -> tuple[Any, Any]:
         """Read and decode a request for a ready model version: (served version, request)."""
-
         body = await self._read_body(headers, receive)
         served = self.state.registry.resolve(model, version)
         signature = served.interface  # with built-in steps: the BYTES inputs they take
@@ -625,11 +623,11 @@ class V2App:
         return served, request
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> Buffer:
-        """The whole body, bounded by --max-body-mb. With a Content-Length it is written
-        straight into one aligned, writable buffer that the decoded tensors view
-        (`BodyBuffer`; a compressed body is decompressed from it); otherwise the chunks are
-        joined."""
-
+        """The whole body, bounded by --max-body-mb and exactly its Content-Length. An
+        uncompressed body with binary tensors (an Inference-Header-Content-Length) is
+        written straight into one aligned, writable buffer that the decoded tensors view
+        (`BodyBuffer`); any other body (JSON, converted anyway; compressed, decompressed
+        anyway) is joined from its chunks."""
         declared = headers.get("content-length")
         into: BodyBuffer | None = None
         size: int | None = None
@@ -665,9 +663,6 @@ class V2App:
                 break
         if into is not None:
             return into.body()
-        if size is not None and total != size:
-            raise InvalidInput(
-                f"the request body has {total} bytes but its Content-Length is {size}; send "
-                "exactly as many bytes as declared"
-            )
+        if size is not None:
+            check_length(total, size)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
