@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from doubles import Doubler, rows, until_async
@@ -18,7 +18,7 @@ from torchrig.packaging import pack
 from torchrig.repository import BatchingConfig, ModelConfig, Repository
 from torchrig.runtime import ModelRegistry
 from torchrig.runtime.batcher import Batcher
-from torchrig.server.metrics import DURATION_BUCKETS_S, ServerMetrics, observe_all
+from torchrig.server.metrics import DURATION_BUCKETS_S, PendingHistogram, ServerMetrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -252,16 +252,21 @@ def test_openmetrics_when_the_scraper_asks_for_it() -> None:
     assert metrics.render()[1] == "text/plain; version=0.0.4; charset=utf-8"
 
 
-def test_observing_a_batch_of_values_counts_as_observing_each() -> None:
-    """observe_all (a batch's queue waits) leaves a histogram exactly as one observe() per
-    value would: bounds are inclusive, values past the last finite bound land in +Inf."""
-    values = [0.0, 0.0005, 0.0004, 0.001, 0.0011, 0.5, 0.5, 7.0, 12.0, 1e-9]
+def test_pending_counts_flushed_twice_equal_observing_each_value() -> None:
+    """A PendingHistogram (the request path's and batches' counts) leaves its series
+    exactly as one observe() per value would, across flushes: bounds are inclusive, values
+    past the last finite bound land in +Inf, and its counter and failure count follow."""
+    first = [0.0, 0.0005, 0.0004, 0.001, 0.0011]
+    then = [0.5, 0.5, 7.0, 12.0, 1e-9]
     one, each = CollectorRegistry(), CollectorRegistry()
-    batched = Histogram("waits", "w", buckets=DURATION_BUCKETS_S, registry=one)
+    pending = PendingHistogram(
+        Histogram("waits", "w", buckets=DURATION_BUCKETS_S, registry=one),
+        counter=Counter("done", "d", registry=one),
+        failures=Counter("failed", "f", registry=one),
+    )
     single = Histogram("waits", "w", buckets=DURATION_BUCKETS_S, registry=each)
-    observe_all(batched, values)
-    for value in values:
-        single.observe(value)
+    done = Counter("done", "d", registry=each)
+    failed = Counter("failed", "f", registry=each)
 
     def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], float]:
         return {
@@ -271,6 +276,21 @@ def test_observing_a_batch_of_values_counts_as_observing_each() -> None:
             if not sample.name.endswith("_created")
         }
 
+    pending.observe(first[0])
+    pending.observe_each(first[1:])
+    pending.failed += 1
+    assert samples(one)[("waits_count", ())] == 0  # nothing moves before a flush
+    pending.flush()
+    pending.observe_each(then)
+    pending.failed += 2
+    pending.flush()
+    pending.flush()  # nothing new: nothing added twice
+    for value in first + then:
+        single.observe(value)
+        done.inc()
+    failed.inc(3)
     assert samples(one) == pytest.approx(samples(each))
     assert samples(one)[("waits_bucket", (("le", "0.0005"),))] == 4
-    assert samples(one)[("waits_count", ())] == len(values)
+    assert samples(one)[("waits_count", ())] == len(first + then)
+    assert samples(one)[("done_total", ())] == len(first + then)
+    assert samples(one)[("failed_total", ())] == 3

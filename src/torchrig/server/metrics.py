@@ -32,18 +32,22 @@ reports `version=""` 0.
 "auto"`; see torchrig.server.replica_metrics for the labels): how batches spread.
 
 Durations are in seconds, with buckets from 0.5 ms to 10 s. Queue depth, readiness, GPU
-and allocator series are read at scrape time. Counters and histograms also expose
-prometheus_client's `_created` series. The GPU series exist only where NVML answers; the
-allocator series only once this process has initialised CUDA. Model and version labels
-of failures come from the request path, so names the model registry does not know are
-reported as `model=""` / `version=""`: a client probing random names cannot grow the
-number of series without bound.
+and allocator series are read at scrape time. Request and batch counts and durations are
+kept as plain numbers where they happen (`PendingHistogram`: no lock and no label lookup
+per request) and moved into their prometheus_client series by `flush`, which every
+scrape runs first: a scrape sees every request answered before it. Counters and
+histograms also expose prometheus_client's `_created` series. The GPU series exist only
+where NVML answers; the allocator series only once this process has initialised CUDA.
+Model and version labels of failures come from the request path, so names the model
+registry does not know are reported as `model=""` / `version=""`: a client probing random
+names cannot grow the number of series without bound.
 
 With several server processes (`serve --workers N`) a scrape reaches one of them, so the
 metrics use prometheus_client's multiprocess mode (`multiprocess_dir`): counters and
 histograms live in per-process files that a scrape sums, and the scrape-time series
 (in-flight, queue depth, readiness, allocator bytes) are copied into multiprocess gauges:
-in-flight on every change, the others every 0.5 s and at each scrape. Across workers,
+in-flight on every change, the others every 0.5 s and at each scrape; each worker also
+moves its counts into its files every 0.5 s and when it stops. Across workers,
 in-flight, queue depth and allocator bytes are sums and readiness is the minimum (1 only
 when every worker serves the version); the NVML series describe the GPU itself and come
 from the worker that answers the scrape. In that mode there are no `_created` series, and
@@ -161,9 +165,11 @@ class ServerMetrics:
             labels,
             registry=registry,
         )
-        # (model, version) -> its success counter and duration histogram children: looked
-        # up once, not through `labels()` (a lock and label checks) on every request
-        self._success_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        # (model, version) -> its successes and their durations, counted on the request
+        # path and moved into the success counter and duration histogram by `flush`
+        self._success_series: dict[tuple[str, str], PendingHistogram] = {}
+        self._pending: list[PendingHistogram] = []  # every series `flush` moves
+        self._flush_lock = threading.Lock()
         self._runtime = _RuntimeCollector(model_registry)
         self._replicas = ReplicaCollector(
             lambda: [] if model_registry is None else _versions(model_registry)
@@ -211,10 +217,14 @@ class ServerMetrics:
             labels = (model, version or UNKNOWN)
             series = self._success_series.get(labels)
             if series is None:
-                series = (self._success.labels(*labels), self._request_duration.labels(*labels))
+                series = self._track(
+                    PendingHistogram(
+                        self._request_duration.labels(*labels),
+                        counter=self._success.labels(*labels),
+                    )
+                )
                 self._success_series[labels] = series
-            series[0].inc()
-            series[1].observe(duration_s)
+            series.observe(duration_s)
             return
         if outcome not in OUTCOMES:
             raise ValueError(
@@ -224,20 +234,39 @@ class ServerMetrics:
         self._failure.labels(model_label, version_label, outcome).inc()
 
     def batch_observer(self, model: str, version: str) -> Callable[[BatchRecord], None]:
-        """The observer to give `Batcher(..., observer=...)` for this model version."""
-        queue = self._queue_duration.labels(model, version)
-        compute = self._compute_duration.labels(model, version)
-        size = self._batch_size.labels(model, version)
-        failed = self._batch_failure.labels(model, version)
+        """The observer to give `Batcher(..., observer=...)` for this model version. A
+        version's batches may be observed on several worker threads: one lock per batch."""
+        queue = self._track(PendingHistogram(self._queue_duration.labels(model, version)))
+        compute = self._track(PendingHistogram(self._compute_duration.labels(model, version)))
+        size = self._track(
+            PendingHistogram(
+                self._batch_size.labels(model, version),
+                failures=self._batch_failure.labels(model, version),
+            )
+        )
+        lock = threading.Lock()
 
         def observe(record: BatchRecord) -> None:
-            observe_all(queue, record.queue_waits_s)
-            compute.observe(record.compute_s)
-            size.observe(record.rows)
-            if record.failed:
-                failed.inc()
+            with lock:
+                queue.observe_each(record.queue_waits_s)
+                compute.observe(record.compute_s)
+                size.observe(record.rows)
+                if record.failed:
+                    size.failed += 1
 
         return observe
+
+    def flush(self) -> None:
+        """Move what the request path and the batches counted since the last flush into
+        their prometheus_client series (a scrape and, with several workers, `publish`
+        run it first)."""
+        with self._flush_lock:
+            for series in self._pending:
+                series.flush()
+
+    def _track(self, series: PendingHistogram) -> PendingHistogram:
+        self._pending.append(series)
+        return series
 
     # ---- the scrape ------------------------------------------------------------------------
 
@@ -245,6 +274,7 @@ class ServerMetrics:
         """The exposition and its content type (OpenMetrics when `accept` asks for it)."""
         encode, content_type = choose_encoder(accept or "")
         if self._multiprocess_dir is None:
+            self.flush()
             return encode(self.registry), content_type
         self.publish()  # this worker's values are current; the others' at most 0.5 s old
         scrape = scrape_registry(self._multiprocess_dir)
@@ -262,6 +292,7 @@ class ServerMetrics:
         depth, readiness, allocator bytes) into the shared files; a no-op otherwise."""
         if self._mirror is None:
             return
+        self.flush()  # this worker's counts and histograms too, into its own files
         families: list[Metric] = [*self._runtime.collect(), *self._replicas.collect()]
         if self._torch is not None:
             families.extend(self._torch.collect())
@@ -276,7 +307,10 @@ class ServerMetrics:
         mirror.set("torchrig_inflight_requests", (label,), float(count))
 
     def close(self) -> None:
-        """Release NVML (its initialisation is counted); call when the server stops."""
+        """Release NVML (its initialisation is counted); call when the server stops.
+        What was counted since the last scrape goes into the series (with several
+        workers: into this worker's files, which outlive it)."""
+        self.flush()
         if self._nvml is not None:
             self._nvml.close()
 
@@ -290,26 +324,74 @@ class ServerMetrics:
         return model, version if version in versions else UNKNOWN
 
 
-def observe_all(histogram: Histogram, values: list[float]) -> None:
-    """Observe each of `values` as `Histogram.observe` does, with one increment per bucket
-    touched instead of one per value: a batch's queue waits are up to max_batch_size
-    values, each observe() a Python loop over the buckets and a lock per increment. Falls
-    back to observe() per value on a prometheus_client whose histogram is laid out
-    otherwise."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if len(values) < 2 or bounds is None or buckets is None or total is None:
+class PendingHistogram:
+    """One histogram series (and the counters that go with it) counted as plain numbers
+    where the observations happen, and moved into the prometheus_client series by
+    `flush`: per request, a bisect and two additions instead of prometheus_client's
+    `observe` (a Python loop over the buckets and a lock per increment).
+
+    `counter`: a counter series that counts the same observations (successes, whose
+    durations the histogram holds). `failed`: a count the owner adds to, moved into
+    `failures`. One writer at a time (the event loop, or a caller's lock); `flush` only
+    reads what the writer adds to, so it may run on another thread: a count it misses is
+    moved by the next flush.
+    """
+
+    __slots__ = ("_bounds", "_buckets", "_counter", "_failures", "_moved", "_sum", "counts",
+                 "failed", "total")  # fmt: skip
+
+    def __init__(
+        self, histogram: Histogram, *, counter: Counter | None = None,
+        failures: Counter | None = None,
+    ) -> None:  # fmt: skip
+        bounds = getattr(histogram, "_upper_bounds", None)
+        buckets = getattr(histogram, "_buckets", None)
+        total = getattr(histogram, "_sum", None)
+        if bounds is None or buckets is None or total is None:
+            raise RuntimeError(
+                "this prometheus_client lays out histograms differently from the 0.20-0.26 "
+                "releases torchrig knows; install one of those (pip install "
+                "'prometheus-client>=0.20,<1')"
+            )
+        self._bounds: list[float] = list(bounds)  # the last one is +Inf
+        self._buckets = buckets
+        self._sum = total
+        self._counter = counter
+        self._failures = failures
+        self.counts = [0] * len(self._bounds)  # observations per bucket (not cumulative)
+        self.total = 0.0
+        self.failed = 0
+        # what earlier flushes moved: (counts, total, failed)
+        self._moved: tuple[list[int], float, int] = ([0] * len(self._bounds), 0.0, 0)
+
+    def observe(self, value: float) -> None:
+        """As `Histogram.observe(value)`: the first bucket whose bound is >= the value."""
+        self.counts[bisect.bisect_left(self._bounds, value)] += 1
+        self.total += value
+
+    def observe_each(self, values: list[float]) -> None:
+        counts, bounds = self.counts, self._bounds
         for value in values:
-            histogram.observe(value)
-        return
-    counts: dict[int, int] = {}
-    for value in values:  # bisect_left: the first bucket whose bound is >= the value
-        index = bisect.bisect_left(bounds, value)
-        counts[index] = counts.get(index, 0) + 1
-    for index, count in counts.items():
-        buckets[index].inc(count)
-    total.inc(sum(values))
+            counts[bisect.bisect_left(bounds, value)] += 1
+        self.total += sum(values)
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the prometheus_client series (the
+        caller runs one flush at a time)."""
+        counts, total, failed = self.counts[:], self.total, self.failed
+        moved_counts, moved_total, moved_failed = self._moved
+        added = 0
+        for index, (now, before) in enumerate(zip(counts, moved_counts, strict=True)):
+            if now != before:
+                self._buckets[index].inc(now - before)
+                added += now - before
+        if total != moved_total:
+            self._sum.inc(total - moved_total)
+        if added and self._counter is not None:
+            self._counter.inc(added)
+        if failed != moved_failed and self._failures is not None:
+            self._failures.inc(failed - moved_failed)
+        self._moved = (counts, total, failed)
 
 
 class _RuntimeCollector(Collector):
@@ -318,15 +400,16 @@ class _RuntimeCollector(Collector):
     def __init__(self, models: ModelRegistry | None) -> None:
         self._models = models
         self._inflight: dict[str, int] = {}
-        self._lock = threading.Lock()
 
     def inflight_add(self, model: str, delta: int) -> None:
-        with self._lock:
-            count = self._inflight.get(model, 0) + delta
-            if count or self._models is None:
-                self._inflight[model] = count
-            else:  # the registry's models are reported at 0 anyway; unknown names go
-                self._inflight.pop(model, None)
+        """On the event loop's thread, the only one that changes the counts (readers copy
+        the dict, one step under the GIL)."""
+        inflight = self._inflight
+        count = inflight.get(model, 0) + delta
+        if count or self._models is None:
+            inflight[model] = count
+        else:  # the registry's models are reported at 0 anyway; unknown names go
+            inflight.pop(model, None)
 
     def known_models(self, versions: list[ServedVersion] | None = None) -> frozenset[str]:
         """The models the registry knows (with versions, or with an error)."""
@@ -338,8 +421,7 @@ class _RuntimeCollector(Collector):
 
     def inflight_under(self, label: str, known: frozenset[str]) -> int:
         """Requests in flight whose model folds into `label` ("" for names not `known`)."""
-        with self._lock:
-            counts = list(self._inflight.items())
+        counts = list(self._inflight.items())
         if self._models is None:
             return sum(n for model, n in counts if model == label)
         return sum(n for model, n in counts if (model if model in known else UNKNOWN) == label)
@@ -369,8 +451,7 @@ class _RuntimeCollector(Collector):
         inflight = _runtime_families()[0]
         if versions is None:
             versions = [] if self._models is None else _versions(self._models)
-        with self._lock:
-            counts = dict(self._inflight)
+        counts = dict(self._inflight)
         if self._models is not None:  # fold names the registry does not know into ""
             known = self.known_models(versions)
             folded: dict[str, int] = dict.fromkeys(known, 0)

@@ -138,8 +138,9 @@ class _VersionStats:
 
 class Statistics:
     """Counters per model version, fed by the transports (`request`) and the batcher's
-    observer (`batch`); read in Triton's shape by `report`. Thread-safe: batches are
-    observed on the executor's threads."""
+    observer (`batch`); read in Triton's shape by `report`. `request` runs on the event
+    loop (both transports answer there), `batch` also on the executor's threads, under a
+    lock."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
@@ -164,18 +165,26 @@ class Statistics:
         key = (model, version)
         # a version already in the table was served (it stays, unchanged in size, after an
         # unload); only a new one is looked up among the served versions
-        if key not in self._versions and not any(
-            v.model == model and str(v.version) == version for v in self.registry.versions()
-        ):
+        stats = self._versions.get(key)
+        if stats is None:
+            if not any(
+                v.model == model and str(v.version) == version for v in self.registry.versions()
+            ):
+                return
+            with self._lock:
+                stats = self._versions[key]
+        # no lock: these counts change on the event loop only (both transports answer
+        # there); `batch` takes the lock for the counts the executor's threads change
+        if not ok:
+            stats.fail.count += 1
+            stats.fail.ns += int(duration_s * 1e9)
             return
-        with self._lock:
-            stats = self._versions[key]
-            (stats.success if ok else stats.fail).add(duration_s)
-            if ok:
-                stats.compute_input.count += 1
-                stats.compute_input.ns += max(input_ns, 0)
-                stats.compute_output.count += 1
-                stats.compute_output.ns += max(output_ns, 0)
+        stats.success.count += 1
+        stats.success.ns += int(duration_s * 1e9)
+        stats.compute_input.count += 1
+        stats.compute_input.ns += max(input_ns, 0)
+        stats.compute_output.count += 1
+        stats.compute_output.ns += max(output_ns, 0)
 
     def batch(self, model: str, version: str, record: BatchRecord) -> None:
         with self._lock:
