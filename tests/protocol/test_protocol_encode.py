@@ -47,13 +47,13 @@ def encode(requested: list[RequestedOutput] | None, default: bool, **kw: Any) ->
 
 
 def split(body: bytes, headers: dict[str, str]) -> tuple[dict[str, Any], bytes]:
-    length = int(headers.get("Inference-Header-Content-Length", len(body)))
+    length = int(headers.get("inference-header-content-length", len(body)))
     return json.loads(body[:length]), body[length:]
 
 
 def test_all_outputs_as_json() -> None:
     body, headers = encode(None, False)
-    assert headers == {"Content-Type": "application/json"}
+    assert headers == {"content-type": "application/json"}
     response = json.loads(body)
     assert response["model_name"] == "ranker"
     assert response["model_version"] == "1"
@@ -67,7 +67,7 @@ def test_all_outputs_as_json() -> None:
 
 def test_binary_data_output_makes_every_output_binary() -> None:
     body, headers = encode(None, True)
-    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["content-type"] == "application/octet-stream"
     header, raw = split(body, headers)
     sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
     assert sizes == [8, 32, 2]
@@ -86,7 +86,7 @@ def test_per_output_flags_override_the_default_and_pick_order() -> None:
     assert raw == OUTPUTS["ids"].numpy().tobytes()
 
     body, headers = encode([RequestedOutput("score", binary=False)], True)
-    assert headers == {"Content-Type": "application/json"}
+    assert headers == {"content-type": "application/json"}
 
 
 def test_unknown_requested_output_is_invalid_input() -> None:

@@ -116,7 +116,7 @@ def test_tritonclient_reads_our_responses(binary: bool) -> None:
         requested=None,
         binary_output_default=binary,
     )
-    length = headers.get("Inference-Header-Content-Length")
+    length = headers.get("inference-header-content-length")
     result = triton_http.InferResult.from_response_body(
         body, header_length=int(length) if length else None
     )

@@ -50,7 +50,8 @@ def encode_infer_response(
     batching: bool = True,
     shm_write: ShmWriter | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and the headers it needs (Content-Type, and the JSON length).
+    """The response body and the headers it needs, named in lowercase (content-type, and
+    inference-header-content-length for binary outputs).
 
     Outputs come in the order requested, or in signature order when the request listed
     none. Each is binary when its request said so, else when `binary_output_default`
@@ -120,10 +121,10 @@ def encode_infer_response(
         )
     )
     if not raw:
-        return header, {"Content-Type": "application/json"}
+        return header, {"content-type": "application/json"}
     headers = {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+        "content-type": "application/octet-stream",
     }
     return b"".join([header, *raw]), headers
 

@@ -6,6 +6,7 @@ each BYTES element a 4-byte little-endian length followed by its bytes.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -62,16 +63,14 @@ def element_count(name: str, shape: Sequence[int]) -> int:
     """The number of elements of `shape`, checked: no negative dims, no overflow."""
     if len(shape) > MAX_DIMS:
         raise InvalidInput(f"input {name!r} has {len(shape)} dimensions; at most {MAX_DIMS}")
-    count = 1
-    extent = 1  # the product of the non-zero dimensions
-    for dim in shape:
-        if dim < 0:
-            raise InvalidInput(
-                f"input {name!r} has shape {list(shape)} with a negative dimension; a request "
-                "gives the actual sizes (-1 appears only in model metadata)"
-            )
-        count *= dim
-        extent *= max(dim, 1)
+    if shape and min(shape) < 0:
+        raise InvalidInput(
+            f"input {name!r} has shape {list(shape)} with a negative dimension; a request "
+            "gives the actual sizes (-1 appears only in model metadata)"
+        )
+    count = math.prod(shape)
+    # the product of the non-zero dimensions: bounded too when a zero makes the count 0
+    extent = count if count else math.prod([dim or 1 for dim in shape])
     if count > MAX_ELEMENTS or extent > MAX_EXTENT:
         raise InvalidInput(
             f"input {name!r}: shape {list(shape)} is too large (its non-zero dimensions "

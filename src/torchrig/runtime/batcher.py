@@ -143,7 +143,10 @@ class Batcher:
         self.pin_batches = pin_batches
         self._queue: collections.deque[QueuedRequest] = collections.deque()
         self._queued_rows = 0
-        self._cond = threading.Condition()
+        # the queue's lock, entered directly on the request path (a Condition's own
+        # __enter__ is a Python call); the condition wakes workers and close()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._stopping = False
         self._stats = BatcherStats()
         self._batch_time_s = 0.0  # moving average, for Retry-After
@@ -191,7 +194,7 @@ class Batcher:
             stage=listened_stage(self.name, now),
             gone=client_gone.get(),
         )
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 raise QueueFull(f"model {self.name} is shutting down", retry_after_s=1.0)
             if len(self._queue) >= self.max_queue_size:
@@ -204,10 +207,10 @@ class Batcher:
             self._queued_rows += rows
             # wake a worker only when it has something to do: an idle worker (the queue was
             # empty) or a gathering one whose batch is now full; the delay wakes it otherwise
-            if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
-                self._cond.notify()
-            if self.inline:
+            if self.inline:  # no worker thread waits
                 self._schedule(loop)
+            elif len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
+                self._cond.notify()
         return request.future
 
     def drop_abandoned(self) -> int:
@@ -215,7 +218,7 @@ class Batcher:
         (the caller left: future cancelled or `client_gone`'s check true; the deadline
         passed): their queue slots free up and their callers get their answer. Returns
         how many (the server sweeps every `torchrig.server.runner.ABANDONED_SWEEP_S`)."""
-        with self._cond:
+        with self._lock:
             if not self._queue:
                 return 0
             kept: collections.deque[QueuedRequest] = collections.deque()
@@ -240,7 +243,7 @@ class Batcher:
         return not self._stopping
 
     def stats(self) -> BatcherStats:
-        with self._cond:
+        with self._lock:
             copy = BatcherStats(**vars(self._stats))
             copy.batch_sizes = collections.Counter(self._stats.batch_sizes)
             copy.queue_depth = len(self._queue)
@@ -248,7 +251,7 @@ class Batcher:
 
     def close(self, *, timeout_s: float = 30.0) -> None:
         """Stop accepting, let the workers drain what is queued, then join them."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
             self._cond.notify_all()
         deadline = time.monotonic() + timeout_s
@@ -256,7 +259,7 @@ class Batcher:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.inline:
             self._drain_inline(deadline)
-        with self._cond:
+        with self._lock:
             leftover = list(self._queue)
             self._queue.clear()
             self._queued_rows = 0
@@ -289,7 +292,7 @@ class Batcher:
     def _run_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the event loop: run one batch of what is queued; schedule the next if more
         waits (a later iteration, so the loop serves its sockets in between)."""
-        with self._cond:
+        with self._lock:
             self._scheduled = None
             batch: list[QueuedRequest] = []
             self._gather(batch, 0)
@@ -308,11 +311,12 @@ class Batcher:
             error = InferenceFailed(f"model {self.name}: {type(exc).__name__}: {exc}")
             resolve_all([(r, None, error) for r in batch])
         finally:
-            with self._cond:
+            with self._lock:
                 self._running_inline = False
                 if self._queue and self.inline:
                     self._schedule(loop)
-                self._cond.notify_all()  # close() may wait for the queue to drain
+                if self._stopping:  # close() may wait for the queue to drain
+                    self._cond.notify_all()
 
     def _leave_loop(self, elapsed_s: float) -> None:
         """A batch blocked the event loop far longer than measured at load: from now on
@@ -324,7 +328,7 @@ class Batcher:
             elapsed_s * 1000,
             INLINE_DEMOTE_FACTOR,
         )
-        with self._cond:
+        with self._lock:
             self.inline = False
             if self._scheduled is not None:
                 self._scheduled.cancel()
@@ -342,7 +346,7 @@ class Batcher:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             here = None
-        with self._cond:
+        with self._lock:
             while self._queue or self._running_inline:
                 loop = self._scheduled_loop
                 if loop is None or loop is here or not loop.is_running():
@@ -355,7 +359,7 @@ class Batcher:
                 self._scheduled.cancel()
                 self._scheduled = None
         while time.monotonic() < deadline:
-            with self._cond:
+            with self._lock:
                 batch: list[QueuedRequest] = []
                 self._gather(batch, 0)
                 if not batch and not self._queue:
@@ -367,7 +371,7 @@ class Batcher:
 
     def _take_batch(self) -> list[QueuedRequest] | None:
         """Block until a batch is ready; None when stopping with nothing queued."""
-        with self._cond:
+        with self._lock:
             while not self._queue:
                 if self._stopping:
                     return None
@@ -488,7 +492,7 @@ class Batcher:
             if is_out_of_memory(exc):
                 self._out_of_memory(sum(r.rows for r in batch), len(batch))
             else:
-                with self._cond:
+                with self._lock:
                     self._stats.isolation_splits += 1
             cut = half_by_rows(batch)
             return self._execute(batch[:cut]) + self._execute(batch[cut:])
@@ -529,7 +533,7 @@ class Batcher:
                     + f": {what}"
                 )
             judged[index] = (request, None, verdict)
-        with self._cond:
+        with self._lock:
             if model_works:
                 self._stats.rejected_inputs += len(suspects)
             else:
@@ -564,7 +568,7 @@ class Batcher:
 
     def _out_of_memory(self, rows: int, requests: int) -> None:
         free_cached_memory()
-        with self._cond:
+        with self._lock:
             self._stats.oom_splits += 1
         log.warning(
             "model %s: out of device memory on %d rows (%d requests); retrying in halves",
@@ -579,7 +583,7 @@ class Batcher:
         rows = sum(r.rows for r in batch)
         error: Exception = exc
         if is_out_of_memory(exc):
-            with self._cond:
+            with self._lock:
                 self._stats.oom_failures += len(batch)
             error = InsufficientMemory(
                 f"model {self.name}: out of device memory even for a single row of a request "
@@ -588,7 +592,7 @@ class Batcher:
                 "config.toml, serve fewer models on this device, or use one with more memory."
             )
         elif poisons_device(exc):
-            with self._cond:
+            with self._lock:
                 self._stats.device_faults += 1
             error = DeviceUnhealthy(
                 f"model {self.name}: the device failed ({type(exc).__name__}: {exc}); it is "
@@ -622,7 +626,7 @@ class Batcher:
 
     def _count(self, rows: int, requests: int, started: float, *, failed: bool) -> float:
         elapsed = time.monotonic() - started
-        with self._cond:
+        with self._lock:
             stats = self._stats
             stats.batches += 1
             stats.rows += rows

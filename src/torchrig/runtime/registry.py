@@ -93,6 +93,9 @@ class ModelRegistry:
         self.environment = environment
         self.drain_timeout_s = drain_timeout_s
         self._versions: dict[tuple[str, int], ServedVersion] = {}
+        # the same versions by model (kept by `_put` and `_drop`): a request's lookup costs
+        # the same with one model or hundreds
+        self._by_model: dict[str, dict[int, ServedVersion]] = {}
         self._model_errors: dict[str, str] = {}
         self._expected: set[str] = set()  # models whose readiness gates the replica's
         self._attempted: dict[tuple[str, int], Fingerprint] = {}  # last load tried
@@ -203,7 +206,7 @@ class ModelRegistry:
             steps=self.steps,
             observer=observer,
         )
-        self._versions[key] = pipeline_version(name, config, pipeline)
+        self._put(pipeline_version(name, config, pipeline))
         log.info(
             "%s: pipeline of %s", name, ", ".join(s.model or s.step for s in pipeline.config.step)
         )
@@ -234,7 +237,7 @@ class ModelRegistry:
         )
         self._attempted[key] = served.fingerprint
         if replacing is None:
-            self._versions[key] = served
+            self._put(served)
         log.info("%s version %s loading", version.model, version.version)
         await load_version(served, version, self._context())
         if replacing is None:
@@ -244,7 +247,7 @@ class ModelRegistry:
         if served.state != "ready":  # the old one keeps serving
             replacing.warnings.append(f"a reload failed, the previous load serves: {served.reason}")
             return
-        self._versions[key] = served  # the reloaded one takes the requests from now on
+        self._put(served)  # the reloaded one takes the requests from now on
         log.info("%s version %s reloaded (files or config changed)", served.model, served.version)
         self._release_later(replacing, forget=False)
 
@@ -282,11 +285,25 @@ class ModelRegistry:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
+    def _put(self, served: ServedVersion) -> None:
+        self._versions[(served.model, served.version)] = served
+        # a new dict, not changed in place: a reader on another thread iterates either one
+        mine = dict(self._by_model.get(served.model, {}))
+        mine[served.version] = served
+        self._by_model[served.model] = mine
+
     def _drop(self, served: ServedVersion) -> None:
         key = (served.model, served.version)
         if self._versions.get(key) is served:
             del self._versions[key]
             self._attempted.pop(key, None)
+            mine = {
+                n: v for n, v in self._by_model.get(served.model, {}).items() if v is not served
+            }
+            if mine:
+                self._by_model[served.model] = mine
+            else:
+                self._by_model.pop(served.model, None)
 
     async def remove_model(self, name: str) -> None:
         """The model left the repository: release every version of it."""
@@ -427,7 +444,7 @@ class ModelRegistry:
                 f"this replica's device failed ({self.device_fault}); it is restarting, "
                 "retry on another replica"
             )
-        mine = [v for (m, _), v in list(self._versions.items()) if m == name]
+        mine = list(self._by_model.get(name, {}).values())
         if not mine:
             reason = self._model_errors.get(name)
             if reason:

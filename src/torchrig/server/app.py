@@ -92,6 +92,7 @@ EXTENSIONS = [
 ]
 OFF_LOOP_BYTES = 256 * 1024  # JSON parts from this size on are decoded in a thread
 LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
+MAX_CACHED_CHECKS = 256  # versions whose declared-input check is kept (then all are dropped)
 MODEL = r"(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 REGION = r"(?P<region>[^/]+)"
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
@@ -201,6 +202,8 @@ class V2App:
         # torchrig-worker: <pid>), so that the spread of requests can be seen
         self._worker = str(os.getpid()).encode() if state.settings.workers > 1 else None
         self._large_decode_slots: asyncio.Semaphore | None = None
+        # (model, version) -> (the served version, its check_declared call)
+        self._declared_checks: dict[tuple[str, int], tuple[Any, Callable[..., None]]] = {}
         self.access_log = state.trace_settings.access_log  # its sample changes with the settings
         self.spans = SpanRecorder.from_environment()  # None unless OTEL_* ask for spans
         self.tracing = state.tracing = RequestTracing(self.access_log, self.spans)
@@ -471,7 +474,9 @@ class V2App:
         model, version = params["model"], params.get("version")
         started = time.perf_counter()
         timeline = self.tracing.begin(trace)  # stage marks for the access line and spans
-        extra_headers: dict[str, str] = {"x-request-id": request_id, **trace.response_headers()}
+        extra_headers = {"x-request-id": request_id, "traceparent": trace.traceparent()}
+        if trace.tracestate:
+            extra_headers["tracestate"] = trace.tracestate  # passed on unchanged
         status, response_bytes = 500, 0
         served_version: str | None = version
         state.metrics.request_started(model)
@@ -595,13 +600,21 @@ class V2App:
         header_length = None
         if length is not None:
             header_length = strict_decimal(length, "Inference-Header-Content-Length")
-        declared = partial(
-            check_declared,
-            f"{model}/{served.version}",
-            signature.inputs,
-            max_batch_size=served.batcher.max_batch_size if served.batcher else None,
-            dynamic=signature.dynamic_dims,
-        )
+        # the version's declared-input check, made once per loaded version
+        cached = self._declared_checks.get((model, served.version))
+        if cached is None or cached[0] is not served:
+            if len(self._declared_checks) > MAX_CACHED_CHECKS:  # versions come and go
+                self._declared_checks.clear()
+            check = partial(
+                check_declared,
+                f"{model}/{served.version}",
+                signature.inputs,
+                max_batch_size=served.batcher.max_batch_size if served.batcher else None,
+                dynamic=signature.dynamic_dims,
+            )
+            cached = (served, check)
+            self._declared_checks[(model, served.version)] = cached
+        declared = cached[1]
         decode = partial(
             decode_infer_request,
             body,

@@ -156,15 +156,16 @@ async def respond(
     *,
     content_type: str | None = JSON,
 ) -> None:
-    raw: list[tuple[bytes, bytes]] = [(b"content-length", str(len(body)).encode())]
-    typed = content_type is None
-    for key, value in (headers or {}).items():
-        name = key.lower()
-        if name == "content-length":
-            continue  # the body's own length, always
-        typed = typed or name == "content-type"
-        raw.append((name.encode("latin-1"), value.encode("latin-1")))
-    if not typed and content_type is not None:
+    """Send a whole response. `headers` are named in lowercase; content-length is always
+    the body's own, and `content_type` is added unless `headers` name one."""
+    raw: list[tuple[bytes, bytes]] = [(b"content-length", b"%d" % len(body))]
+    if headers:
+        for name, value in headers.items():
+            if name != "content-length":
+                raw.append((name.encode("latin-1"), value.encode("latin-1")))
+        if content_type is not None and "content-type" not in headers:
+            raw.append((b"content-type", content_type.encode("latin-1")))
+    elif content_type is not None:
         raw.append((b"content-type", content_type.encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

@@ -17,7 +17,7 @@ import logging
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 access_log = logging.getLogger("torchrig.access")
 
@@ -28,9 +28,10 @@ _TRACEPARENT = re.compile(
 SAMPLED = 0x01
 
 
-@dataclass(frozen=True)
-class TraceContext:
-    """This request's place in a trace: the trace, this server's span, the caller's span."""
+class TraceContext(NamedTuple):
+    """This request's place in a trace: the trace, this server's span, the caller's span
+    (immutable; a named tuple, made once per request at a fraction of a frozen dataclass's
+    cost)."""
 
     trace_id: str
     span_id: str
@@ -57,12 +58,6 @@ class TraceContext:
     def traceparent(self) -> str:
         """This server's span as a `traceparent` value (version 00)."""
         return f"00-{self.trace_id}-{self.span_id}-{self.flags:02x}"
-
-    def response_headers(self) -> dict[str, str]:
-        headers = {"traceparent": self.traceparent()}
-        if self.tracestate:
-            headers["tracestate"] = self.tracestate  # passed on unchanged
-        return headers
 
 
 def _random_hex(bits: int) -> str:

@@ -114,10 +114,6 @@ class _Duration:
     count: int = 0
     ns: int = 0
 
-    def add(self, seconds: float, count: int = 1) -> None:
-        self.count += count
-        self.ns += int(seconds * 1e9)
-
     def json(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
 
@@ -187,16 +183,23 @@ class Statistics:
         stats.compute_output.ns += max(output_ns, 0)
 
     def batch(self, model: str, version: str, record: BatchRecord) -> None:
+        now_ms = int(time.time() * 1000)
+        compute_ns = int(record.compute_s * 1e9)
         with self._lock:
             stats = self._versions[(model, version)]
             stats.execution_count += 1
-            stats.last_inference_ms = int(time.time() * 1000)
-            stats.batches[record.rows].add(record.compute_s)
+            stats.last_inference_ms = now_ms
+            sized = stats.batches[record.rows]
+            sized.count += 1
+            sized.ns += compute_ns
             if record.failed:
                 return
             stats.inference_count += record.rows
-            stats.queue.add(sum(record.queue_waits_s), len(record.queue_waits_s))
-            stats.compute_infer.add(record.compute_s * record.requests, record.requests)
+            waits = record.queue_waits_s
+            stats.queue.count += len(waits)
+            stats.queue.ns += int(sum(waits) * 1e9)
+            stats.compute_infer.count += record.requests
+            stats.compute_infer.ns += compute_ns * record.requests
 
     def observer(
         self, metrics: Callable[[str, str], BatchObserver]
