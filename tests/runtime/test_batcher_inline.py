@@ -33,24 +33,51 @@ def _workers() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("torchrig-inline-")]
 
 
-def test_requests_queued_in_one_loop_iteration_form_one_batch_on_the_loop_thread() -> None:
+def test_an_idle_model_runs_a_request_at_once_and_the_rest_of_its_iteration_as_one_batch() -> None:
+    """The first request finds the model idle: its batch runs inside submit (its future is
+    done before anything awaits it, no loop round trip). The requests queued after it in
+    the same loop iteration form one batch, on the loop thread; once that loop iteration
+    is over, an idle model runs the next request at once again."""
     model = ThreadRecorder()
     batcher = Batcher(model, BatchingConfig(max_batch_size=16), name="inline-a", inline=True)
     assert _workers() == []  # no worker thread at all
 
     async def main() -> int:
         futures = [batcher.submit(rows(i, 1), rows=1) for i in range(10)]
+        assert [f.done() for f in futures] == [True] + [False] * 9
         outs = await asyncio.gather(*futures)
         for i, out in enumerate(outs):
             assert float(out["y"][0, 0]) == 2.0 * i
+        later = batcher.submit(rows(20, 2), rows=2)
+        assert later.done()
+        assert float((await later)["y"][1, 0]) == 42.0
         return threading.get_ident()
 
     try:
         loop_thread = asyncio.run(main())
     finally:
         batcher.close()
-    assert model.seen_rows == [10]  # one batch, though nothing waited for company
+    assert model.seen_rows == [1, 9, 2]  # no request waited for company
     assert set(model.threads) == {loop_thread}
+
+
+def test_a_queue_delay_opts_out_of_running_at_once() -> None:
+    """With max_queue_delay_ms, the first request waits for company (up to the delay), as
+    the user asked: the requests of one loop iteration form one batch."""
+    model = Doubler()
+    config = BatchingConfig(max_batch_size=4, max_queue_delay_ms=50)
+    batcher = Batcher(model, config, inline=True)
+
+    async def main() -> None:
+        futures = [batcher.submit(rows(i, 1), rows=1) for i in range(4)]
+        assert not any(f.done() for f in futures)
+        await asyncio.gather(*futures)
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    assert model.seen_rows == [4]
 
 
 def test_concurrent_callers_batch_and_count_as_with_a_worker() -> None:
@@ -162,7 +189,7 @@ def test_close_from_another_thread_drains_on_the_loop() -> None:
 
     outs = asyncio.run(main())
     assert [float(o["y"][0, 0]) for o in outs] == [0.0, 2.0, 4.0, 6.0, 8.0]
-    assert model.seen_rows == [2, 2, 1]
+    assert model.seen_rows == [1, 2, 2]  # the first ran at once, the rest drained on the loop
 
 
 def test_close_on_the_loop_thread_runs_what_is_queued_there() -> None:
@@ -182,13 +209,16 @@ def test_close_on_the_loop_thread_runs_what_is_queued_there() -> None:
 
 def test_requests_left_by_a_stopped_loop_are_drained_at_close() -> None:
     model = Doubler()
-    batcher = Batcher(model, BatchingConfig(max_batch_size=4), inline=True)
+    batcher = Batcher(
+        model, BatchingConfig(max_batch_size=4, max_queue_delay_ms=60_000), inline=True
+    )
     futures: list[asyncio.Future[Any]] = []
 
     async def main() -> None:
         futures.append(batcher.submit(rows(0, 1), rows=1))  # its loop ends before it runs
 
     asyncio.run(main())
+    assert not futures[0].done()  # waiting for company (the queue delay) when the loop ended
     batcher.close(timeout_s=30)  # no loop runs: the batch runs here, and nobody hangs
     assert model.seen_rows == [1]
     assert batcher.stats().requests == 1

@@ -15,9 +15,12 @@ is resolved on its event loop. A full queue refuses at once (503 upstream); a re
 whose deadline passed or whose caller went away is dropped before it takes device time.
 
 A model whose largest batch takes under `inline_max_ms` on the CPU runs `inline`: with no
-worker thread, its batches run on the event loop that queued them, scheduled with
-`call_soon` so that every request parsed in the same loop iteration joins the batch. For
-such a model the hand-offs between threads (and the GIL they contend for) cost more than
+worker thread, its batches run on the event loop that queued them. A request that finds
+the model idle (nothing queued or running, no batch yet in this loop iteration, no queue
+delay) runs at once, inside its own `submit`: its future is resolved before its handler
+awaits it, so it costs no loop round trip. Every other request queues, and its batch runs
+in a `call_soon` callback, so that every request parsed in the same loop iteration joins
+it. For such a model the hand-offs between threads (and the GIL they contend for) cost more than
 the batch; the rules above (batch sizes, delays, deadlines, isolation, statistics) hold
 alike. A batch that takes more than `INLINE_DEMOTE_FACTOR` times `inline_max_ms` of CPU
 time moves the model to a worker thread for good (logged). Other models' work never runs on
@@ -156,6 +159,9 @@ class Batcher:
         self._scheduled_loop: asyncio.AbstractEventLoop | None = None
         self._delayed = False
         self._running_inline = False
+        # inline: a batch ran at once in this loop iteration (the callback after it clears
+        # this), so the requests that follow it in the iteration queue for the next batch
+        self._ran_at_once = False
         self._inline_limit_s = INLINE_DEMOTE_FACTOR * config.inline_max_ms / 1000.0
         self._threads = [
             threading.Thread(target=self._work, name=f"torchrig-{name}-{i}", daemon=True)
@@ -194,6 +200,7 @@ class Batcher:
             stage=listened_stage(self.name, now),
             gone=client_gone.get(),
         )
+        at_once = False
         with self._lock:
             if self._stopping:
                 raise QueueFull(f"model {self.name} is shutting down", retry_after_s=1.0)
@@ -205,12 +212,24 @@ class Batcher:
                 )
             self._queue.append(request)
             self._queued_rows += rows
+            if self.inline:  # no worker thread waits
+                at_once = (
+                    len(self._queue) == 1
+                    and self._scheduled is None
+                    and not self._running_inline
+                    and not self._ran_at_once
+                    and self.max_delay_s <= 0
+                )
+                if at_once:
+                    self._ran_at_once = True
+                else:
+                    self._schedule(loop)
             # wake a worker only when it has something to do: an idle worker (the queue was
             # empty) or a gathering one whose batch is now full; the delay wakes it otherwise
-            if self.inline:  # no worker thread waits
-                self._schedule(loop)
             elif len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
                 self._cond.notify()
+        if at_once:  # the model is idle: this request's batch runs now (module doc)
+            self._run_inline(loop)
         return request.future
 
     def drop_abandoned(self) -> int:
@@ -468,10 +487,19 @@ class Batcher:
         if times is not None:
             times.ended_ns, times.failed = times.started_ns + int(elapsed * 1e9), failed
         resolve_all(outcomes)
-        if loop is not None and self.observer is not None:
-            loop.call_soon(self._observe, batch, rows, started, elapsed, failed)
+        if loop is not None:
+            loop.call_soon(self._after_inline, batch, rows, started, elapsed, failed)
         else:
             self._observe(batch, rows, started, elapsed, failed)
+
+    def _after_inline(
+        self, batch: list[QueuedRequest], rows: int, started: float, elapsed: float, failed: bool
+    ) -> None:
+        """After an inline batch, once the loop ran what was ready meanwhile (the handlers
+        it resumed; the requests parsed in the same iteration, which queued): a request may
+        run at once again, and the observer sees the batch."""
+        self._ran_at_once = False
+        self._observe(batch, rows, started, elapsed, failed)
 
     def _execute(self, batch: list[QueuedRequest]) -> list[Outcome]:
         """Run a batch; a failure splits it by requests (never raises). A single request
