@@ -36,8 +36,9 @@ def _workers() -> list[str]:
 def test_an_idle_model_runs_a_request_at_once_and_the_rest_of_its_iteration_as_one_batch() -> None:
     """The first request finds the model idle: its batch runs inside submit (its future is
     done before anything awaits it, no loop round trip). The requests queued after it in
-    the same loop iteration form one batch, on the loop thread; once that loop iteration
-    is over, an idle model runs the next request at once again."""
+    the same loop iteration form one batch, on the loop thread. Requests came together,
+    so the next one queues for its loop iteration's batch; once one came alone, an idle
+    model runs the next request at once again."""
     model = ThreadRecorder()
     batcher = Batcher(model, BatchingConfig(max_batch_size=16), name="inline-a", inline=True)
     assert _workers() == []  # no worker thread at all
@@ -48,16 +49,19 @@ def test_an_idle_model_runs_a_request_at_once_and_the_rest_of_its_iteration_as_o
         outs = await asyncio.gather(*futures)
         for i, out in enumerate(outs):
             assert float(out["y"][0, 0]) == 2.0 * i
-        later = batcher.submit(rows(20, 2), rows=2)
-        assert later.done()
-        assert float((await later)["y"][1, 0]) == 42.0
+        together = batcher.submit(rows(20, 2), rows=2)  # the last batch had 9 requests
+        assert not together.done()
+        assert float((await together)["y"][1, 0]) == 42.0
+        alone = batcher.submit(rows(30, 1), rows=1)  # the last batch had one
+        assert alone.done()
+        assert float((await alone)["y"][0, 0]) == 60.0
         return threading.get_ident()
 
     try:
         loop_thread = asyncio.run(main())
     finally:
         batcher.close()
-    assert model.seen_rows == [1, 9, 2]  # no request waited for company
+    assert model.seen_rows == [1, 9, 2, 1]  # no request waited for company
     assert set(model.threads) == {loop_thread}
 
 

@@ -17,14 +17,15 @@ whose deadline passed or whose caller went away is dropped before it takes devic
 A model whose largest batch takes under `inline_max_ms` on the CPU runs `inline`: with no
 worker thread, its batches run on the event loop that queued them. A request that finds
 the model idle (nothing queued or running, no batch yet in this loop iteration, no queue
-delay) runs at once, inside its own `submit`: its future is resolved before its handler
-awaits it, so it costs no loop round trip. Every other request queues, and its batch runs
-in a `call_soon` callback, so that every request parsed in the same loop iteration joins
-it. For such a model the hand-offs between threads (and the GIL they contend for) cost more than
-the batch; the rules above (batch sizes, delays, deadlines, isolation, statistics) hold
-alike. A batch that takes more than `INLINE_DEMOTE_FACTOR` times `inline_max_ms` of CPU
-time moves the model to a worker thread for good (logged). Other models' work never runs on
-the event loop.
+delay) while requests come one at a time (the last batch had one request) runs at once,
+inside its own `submit`: its future is resolved before its handler awaits it, so it costs
+no loop round trip. Every other request queues, and its batch runs in a `call_soon`
+callback, so that every request parsed in the same loop iteration joins it: under
+concurrency, one batch per loop iteration. For such a model the hand-offs between
+threads (and the GIL they contend for) cost more than the batch; the rules above (batch
+sizes, delays, deadlines, isolation, statistics) hold alike. A batch that takes more than
+`INLINE_DEMOTE_FACTOR` times `inline_max_ms` of CPU time moves the model to a worker thread
+for good (logged). Other models' work never runs on the event loop.
 
 One request never fails another. A batch that raises is split in halves by requests and
 each half retried, down to single requests, so every request the model can answer is
@@ -162,6 +163,7 @@ class Batcher:
         # inline: a batch ran at once in this loop iteration (the callback after it clears
         # this), so the requests that follow it in the iteration queue for the next batch
         self._ran_at_once = False
+        self._lone = True  # inline: the last batch had one request (requests come singly)
         self._inline_limit_s = INLINE_DEMOTE_FACTOR * config.inline_max_ms / 1000.0
         self._threads = [
             threading.Thread(target=self._work, name=f"torchrig-{name}-{i}", daemon=True)
@@ -214,7 +216,8 @@ class Batcher:
             self._queued_rows += rows
             if self.inline:  # no worker thread waits
                 at_once = (
-                    len(self._queue) == 1
+                    self._lone
+                    and len(self._queue) == 1
                     and self._scheduled is None
                     and not self._running_inline
                     and not self._ran_at_once
@@ -316,6 +319,7 @@ class Batcher:
             batch: list[QueuedRequest] = []
             self._gather(batch, 0)
             self._running_inline = True
+            self._lone = len(batch) <= 1
         try:
             if batch:
                 # CPU time of this thread: what the batch cost the loop, not what other
