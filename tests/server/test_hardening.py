@@ -154,6 +154,17 @@ def test_a_header_block_past_the_limit_is_a_431(hardened: str) -> None:
     still_serves(hardened)
 
 
+def test_a_pipelined_header_block_past_the_limit_is_a_431(hardened: str) -> None:
+    """A second request's head that begins inside the read carrying the first request is
+    measured too: the connection is refused with a 431 (not served twice)."""
+    huge = b"x-filler: " + b"a" * (64 * 1024) + b"\r\n"
+    first = b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n"
+    answer = raw(hardened, first + b"GET /v2 HTTP/1.1\r\nhost: t\r\n" + huge + b"\r\n")
+    assert b"HTTP/1.1 431 " in answer, answer[:400]
+    assert b"--max-header-kb" in answer
+    still_serves(hardened)
+
+
 def test_a_header_streamed_past_the_limit_is_cut_off_with_a_431(hardened: str) -> None:
     parts = urlsplit(hardened)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:

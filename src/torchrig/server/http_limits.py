@@ -142,7 +142,7 @@ def protocol_class(limits: HttpLimits) -> Any:
 
         def on_headers_complete(self) -> None:
             self._reading_head = False
-            self._head_bytes = 0
+            fed, self._head_bytes = self._head_bytes, 0
             headers = self.headers
             if len(headers) > limits.max_headers:
                 self._too_large(
@@ -150,8 +150,13 @@ def protocol_class(limits: HttpLimits) -> Any:
                     f"{limits.max_headers} (serve --max-headers)"
                 )
                 return
-            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in headers)
-            if size > limits.max_head_bytes:  # a whole head in one read
+            # the head lies within the bytes fed to the parser since it began, so its size
+            # is needed only past the limit (a head, or a head and body, in one read) or
+            # when nothing was counted (a pipelined head that began inside an earlier read)
+            if not 0 < fed <= limits.max_head_bytes and (
+                len(self.url) + sum(len(name) + len(value) + 4 for name, value in headers)
+                > limits.max_head_bytes
+            ):
                 self._too_large(
                     f"the request line and headers exceed {limits.max_head_bytes} bytes "
                     "(serve --max-header-kb)"
