@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from torchrig.dtypes import v2_datatype
@@ -207,3 +208,36 @@ def check_declared(
     for declared in dynamic:
         if declared.input == name and len(shape) > declared.dim:
             _check_size(model, declared, shape[declared.dim])
+
+
+DeclaredCheck = Callable[[str, str, list[int]], None]  # (name, datatype, shape) -> or raise
+
+
+class DeclaredChecks:
+    """Each served version's `check_declared` call, made once, not per request (both
+    transports check every request's declared inputs with it). A version reloaded or
+    loaded again is a new served version, and gets a new check."""
+
+    MAX_KEPT = 256  # versions whose check is kept; past that, all are dropped (they come back)
+
+    def __init__(self) -> None:
+        # (model, version) -> (the served version, its check)
+        self._checks: dict[tuple[str, int], tuple[Any, DeclaredCheck]] = {}
+
+    def of(self, served: Any, signature: Any) -> DeclaredCheck:
+        """The check for `served` (a ServedVersion) against `signature` (its interface)."""
+        key = (served.model, served.version)
+        cached = self._checks.get(key)
+        if cached is None or cached[0] is not served:
+            if len(self._checks) >= self.MAX_KEPT:
+                self._checks.clear()
+            check = partial(
+                check_declared,
+                f"{served.model}/{served.version}",
+                signature.inputs,
+                max_batch_size=served.batcher.max_batch_size if served.batcher else None,
+                dynamic=signature.dynamic_dims,
+            )
+            cached = (served, check)
+            self._checks[key] = cached
+        return cached[1]

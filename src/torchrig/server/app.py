@@ -37,7 +37,7 @@ from torchrig.protocol.body import BodyBuffer, check_length
 from torchrig.protocol.shared_memory import ShmReader
 from torchrig.runtime import ModelRegistry
 from torchrig.runtime.batch_requests import client_gone
-from torchrig.runtime.validation import check_declared
+from torchrig.runtime.validation import DeclaredChecks
 from torchrig.server.asgi_io import (
     Receive,
     Scope,
@@ -92,7 +92,6 @@ EXTENSIONS = [
 ]
 OFF_LOOP_BYTES = 256 * 1024  # JSON parts from this size on are decoded in a thread
 LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
-MAX_CACHED_CHECKS = 256  # versions whose declared-input check is kept (then all are dropped)
 MODEL = r"(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 REGION = r"(?P<region>[^/]+)"
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
@@ -141,6 +140,8 @@ class ServerState:
     grpc_address: str = ""  # host:port the gRPC service listens on ("" while it does not)
     statistics: Statistics = field(init=False, repr=False)  # Triton's statistics extension
     shared_memory: SharedMemory = field(default_factory=SharedMemory, repr=False)
+    # each served version's declared-input check, for both transports
+    declared_checks: DeclaredChecks = field(default_factory=DeclaredChecks, repr=False)
     # the access log and span recorder of both transports (V2App makes it)
     tracing: RequestTracing | None = field(default=None, repr=False)
     trace_settings: TraceSettings = field(init=False, repr=False)  # Triton's trace extension
@@ -202,8 +203,6 @@ class V2App:
         # torchrig-worker: <pid>), so that the spread of requests can be seen
         self._worker = str(os.getpid()).encode() if state.settings.workers > 1 else None
         self._large_decode_slots: asyncio.Semaphore | None = None
-        # (model, version) -> (the served version, its check_declared call)
-        self._declared_checks: dict[tuple[str, int], tuple[Any, Callable[..., None]]] = {}
         self.access_log = state.trace_settings.access_log  # its sample changes with the settings
         self.spans = SpanRecorder.from_environment()  # None unless OTEL_* ask for spans
         self.tracing = state.tracing = RequestTracing(self.access_log, self.spans)
@@ -600,21 +599,6 @@ class V2App:
         header_length = None
         if length is not None:
             header_length = strict_decimal(length, "Inference-Header-Content-Length")
-        # the version's declared-input check, made once per loaded version
-        cached = self._declared_checks.get((model, served.version))
-        if cached is None or cached[0] is not served:
-            if len(self._declared_checks) > MAX_CACHED_CHECKS:  # versions come and go
-                self._declared_checks.clear()
-            check = partial(
-                check_declared,
-                f"{model}/{served.version}",
-                signature.inputs,
-                max_batch_size=served.batcher.max_batch_size if served.batcher else None,
-                dynamic=signature.dynamic_dims,
-            )
-            cached = (served, check)
-            self._declared_checks[(model, served.version)] = cached
-        declared = cached[1]
         decode = partial(
             decode_infer_request,
             body,
@@ -622,7 +606,7 @@ class V2App:
             content_encoding=headers.get("content-encoding"),
             max_body_bytes=self.max_body,
             specs=signature.inputs,
-            accept=declared,
+            accept=self.state.declared_checks.of(served, signature),
             shm_read=shm_read,
         )
         # binary tensors are viewed or copied in one go, but JSON becomes Python objects:

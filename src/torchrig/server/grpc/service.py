@@ -26,7 +26,6 @@ from google.protobuf import json_format
 from torchrig import __version__
 from torchrig.errors import ModelNotFound, ModelNotReady, QueueFull, TorchrigError
 from torchrig.protocol.shared_memory import ShmReader, ShmWriter
-from torchrig.runtime.validation import check_declared
 from torchrig.server.app import EXTENSIONS, ServerState
 from torchrig.server.grpc.codec import decode_request, encode_response
 from torchrig.server.grpc.generated import grpc_service_pb2 as pb
@@ -248,13 +247,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             manifest = served.interface  # with built-in steps: their BYTES inputs, outputs
             if manifest is None:  # pragma: no cover - a ready version has its manifest
                 raise ModelNotReady(f"model {model} has no signature")
-            accept = partial(
-                check_declared,
-                f"{model}/{served.version}",
-                manifest.inputs,
-                max_batch_size=served.batcher.max_batch_size if served.batcher else None,
-                dynamic=manifest.dynamic_dims,
-            )
+            accept = state.declared_checks.of(served, manifest)
             shm_read, shm_write = self._shared_memory(context)
             decoded = decode_request(
                 request,
