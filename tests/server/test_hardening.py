@@ -228,3 +228,36 @@ def test_connections_past_the_cap_get_a_503(demo_repo: Path) -> None:
             for sock in idle:
                 sock.close()
         assert httpx.get(f"{url}/v2", headers={"connection": "close"}).status_code == 200
+
+
+def test_a_head_request_gets_its_head_and_the_next_request_its_answer(hardened: str) -> None:
+    """A response without a body write (HEAD) still goes out: its held head is written when
+    the response completes, on a connection kept alive for the next request."""
+    answer = raw(
+        hardened,
+        b"HEAD /v2/health/ready HTTP/1.1\r\nhost: t\r\n\r\n"
+        b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+    )
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert rest.startswith(b"HTTP/1.1 200 "), answer[:300]  # no body after the HEAD's head
+    assert rest.endswith(b'{"live":true}'), rest
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(hardened: str) -> None:
+    parts = urlsplit(hardened)
+    body = GOOD
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v2/models/ranker/infer HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\n"
+            b"content-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)
+        )
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        sock.sendall(body)
+        received = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 "), received[:300]
+    assert b'"probability"' in received
