@@ -17,7 +17,7 @@ from torchrig.facts.nvml import read_nvml
 from torchrig.packaging import pack
 from torchrig.repository import BatchingConfig, ModelConfig, Repository
 from torchrig.runtime import ModelRegistry
-from torchrig.runtime.batcher import Batcher
+from torchrig.runtime.batcher import Batcher, BatchRecord
 from torchrig.server.metrics import DURATION_BUCKETS_S, PendingHistogram, ServerMetrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -294,3 +294,20 @@ def test_pending_counts_flushed_twice_equal_observing_each_value() -> None:
     assert samples(one)[("waits_count", ())] == len(first + then)
     assert samples(one)[("done_total", ())] == len(first + then)
     assert samples(one)[("failed_total", ())] == 3
+
+
+def test_a_version_observed_again_shares_its_series() -> None:
+    """A version loaded again (a reload) gets the same batch observer: its batches count in
+    the same series, and the series to flush grow with the versions, not with the loads."""
+    metrics = ServerMetrics(CollectorRegistry(), gpu=False)
+    first = metrics.batch_observer("m", "1")
+    pending = len(metrics._pending)
+    again = metrics.batch_observer("m", "1")
+    assert again is first
+    assert len(metrics._pending) == pending
+    assert metrics.batch_observer("m", "2") is not first
+    record = BatchRecord(rows=2, requests=1, queue_waits_s=[0.001], compute_s=0.002, failed=False)
+    first(record)
+    again(record)
+    samples, _ = scrape(metrics)
+    assert value(samples, "torchrig_batch_size_count", model="m", version="1") == 2

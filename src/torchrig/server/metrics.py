@@ -169,6 +169,9 @@ class ServerMetrics:
         # path and moved into the success counter and duration histogram by `flush`
         self._success_series: dict[tuple[str, str], PendingHistogram] = {}
         self._pending: list[PendingHistogram] = []  # every series `flush` moves
+        # (model, version) -> its batch observer: a version loaded again (a reload) shares
+        # its series and their lock, so `_pending` grows with the versions, not the loads
+        self._batch_observers: dict[tuple[str, str], Callable[[BatchRecord], None]] = {}
         self._flush_lock = threading.Lock()
         self._runtime = _RuntimeCollector(model_registry)
         self._replicas = ReplicaCollector(
@@ -235,7 +238,11 @@ class ServerMetrics:
 
     def batch_observer(self, model: str, version: str) -> Callable[[BatchRecord], None]:
         """The observer to give `Batcher(..., observer=...)` for this model version. A
-        version's batches may be observed on several worker threads: one lock per batch."""
+        version's batches may be observed on several worker threads (and, during a reload,
+        by two batchers): one lock per batch."""
+        known = self._batch_observers.get((model, version))
+        if known is not None:
+            return known
         queue = self._track(PendingHistogram(self._queue_duration.labels(model, version)))
         compute = self._track(PendingHistogram(self._compute_duration.labels(model, version)))
         size = self._track(
@@ -254,6 +261,7 @@ class ServerMetrics:
                 if record.failed:
                     size.failed += 1
 
+        self._batch_observers[(model, version)] = observe
         return observe
 
     def flush(self) -> None:
