@@ -139,6 +139,9 @@ def test_expired_and_cancelled_requests_never_reach_the_model() -> None:
     batcher = Batcher(model, BatchingConfig(max_batch_size=8), inline=True)
 
     async def main() -> None:
+        first = batcher.submit(rows(0, 1), rows=1)  # the model is idle: runs at once
+        assert first.done()
+        # the rest of this loop iteration queues for the next batch
         late = batcher.submit(rows(1, 1), rows=1, timeout_s=1e-9)
         gone = batcher.submit(rows(2, 1), rows=1)
         kept = batcher.submit(rows(3, 1), rows=1)
@@ -153,8 +156,8 @@ def test_expired_and_cancelled_requests_never_reach_the_model() -> None:
     finally:
         batcher.close()
     stats = batcher.stats()
-    assert (stats.expired, stats.cancelled, stats.requests) == (1, 1, 1)
-    assert model.seen_rows == [1]
+    assert (stats.expired, stats.cancelled, stats.requests) == (1, 1, 2)
+    assert model.seen_rows == [1, 1]
 
 
 def test_a_queue_delay_holds_the_batch_until_it_is_full() -> None:
@@ -253,3 +256,26 @@ def test_a_batch_far_slower_than_measured_moves_the_model_to_a_worker_thread(
     assert model.threads[1] != loop_thread
     assert "its batches run on a worker thread from now on" in caplog.text
     assert batcher.stats().requests == 2
+
+
+def test_a_request_past_its_deadline_at_an_idle_model_leaves_it_idle() -> None:
+    """A request that would run at once but whose deadline already passed is answered
+    (DeadlineExceeded) without running, and the next request still runs at once."""
+    model = Doubler()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=8), inline=True)
+
+    async def main() -> None:
+        late = batcher.submit(rows(1, 1), rows=1, timeout_s=0.0)
+        assert late.done()
+        with pytest.raises(DeadlineExceeded):
+            await late
+        at_once = batcher.submit(rows(2, 1), rows=1)
+        assert at_once.done()  # ran inside submit: the model was still idle
+        assert float((await at_once)["y"][0, 0]) == 4.0
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    assert model.seen_rows == [1]
+    assert batcher.stats().expired == 1

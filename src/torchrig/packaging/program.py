@@ -7,6 +7,7 @@ TorchScript archives carry code as graphs, never as pickled Python.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ class Program:
     __slots__ = (
         "_input_names",
         "_output_names",
+        "_pick",
         "builtin_ops_only",
         "checks_inputs",
         "device",
@@ -51,10 +53,16 @@ class Program:
         self.traced = False  # True once `trace` swapped in a verified TorchScript trace
         self._input_names = [spec.name for spec in manifest.inputs]
         self._output_names = [spec.name for spec in manifest.outputs]
+        # the inputs in signature order, in one C call (a tuple from two names or more)
+        self._pick = itemgetter(*self._input_names) if len(self._input_names) > 1 else None
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            args = [inputs[name] for name in self._input_names]
+            args = (
+                self._pick(inputs)
+                if self._pick is not None
+                else [inputs[name] for name in self._input_names]
+            )
         except KeyError as exc:
             raise InvalidInput(
                 f"input {exc.args[0]!r} is missing; the model takes {self._input_names}."

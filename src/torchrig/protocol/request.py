@@ -49,6 +49,7 @@ class _WireRequest(msgspec.Struct):
 
 
 _DECODER = msgspec.json.Decoder(_WireRequest)
+_DATATYPES = frozenset(DATATYPES)
 _TOO_DEEP = (
     "the request body's JSON is nested too deeply; tensor data is at most as deep as its "
     "shape (or flat)"
@@ -112,7 +113,9 @@ def decode_infer_request(  # noqa: PLR0915 - one pass over the inputs, of three 
     binaries: list[_Binary] = []
     position = len(data) if header_length is None else header_length
     for index, wire in enumerate(request.inputs):
-        name, datatype, shape = _describe(index, wire)
+        name, datatype, shape = wire.name, wire.datatype, wire.shape
+        if not name or datatype is None or datatype not in _DATATYPES or shape is None:
+            name, datatype, shape = _describe(index, wire)  # raises: names what is wrong
         if name in seen:
             raise InvalidInput(f"input {name!r} appears more than once in the request")
         seen.add(name)
@@ -165,7 +168,16 @@ def decode_infer_request(  # noqa: PLR0915 - one pass over the inputs, of three 
     if binaries:
         _materialize(data, binaries, values)
 
-    parameters = request.parameters or {}
+    parameters = request.parameters
+    if not parameters:
+        return DecodedRequest(
+            request.id,
+            {},
+            dict(zip(names, values, strict=True)),
+            None if request.outputs is None else _requested_outputs(request.outputs),
+            False,
+            None,
+        )
     return DecodedRequest(
         id=request.id,
         parameters=parameters,

@@ -61,6 +61,12 @@ _LENGTH = struct.Struct("<I")
 
 def element_count(name: str, shape: Sequence[int]) -> int:
     """The number of elements of `shape`, checked: no negative dims, no overflow."""
+    # the usual shape first: every dim positive, well within the bounds (then the count is
+    # its extent too)
+    if shape and len(shape) <= MAX_DIMS and min(shape) > 0:
+        count = math.prod(shape)
+        if count <= MAX_EXTENT:
+            return count
     if len(shape) > MAX_DIMS:
         raise InvalidInput(f"input {name!r} has {len(shape)} dimensions; at most {MAX_DIMS}")
     if shape and min(shape) < 0:

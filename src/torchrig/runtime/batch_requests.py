@@ -225,15 +225,20 @@ def settle(outcomes: list[Outcome]) -> None:
             request.future.set_result(result or {})
 
 
-def resolve_all(outcomes: list[Outcome]) -> None:
-    """Hand a batch's outcomes to their loops: one wake-up per loop, not one per request."""
+def resolve_all(outcomes: list[Outcome], here: asyncio.AbstractEventLoop | None = None) -> None:
+    """Hand a batch's outcomes to their loops: one wake-up per loop, not one per request.
+    `here`: the event loop this runs on, if the caller knows it (an inline batch)."""
+    if here is None:
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread
+            here = None
+    if len(outcomes) == 1 and outcomes[0][0].loop is here:
+        settle(outcomes)  # a lone request of this loop: settled now
+        return
     by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
     for outcome in outcomes:
         by_loop.setdefault(outcome[0].loop, []).append(outcome)
-    try:
-        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:  # a worker thread
-        here = None
     for loop, items in by_loop.items():
         if loop is here:  # an inline batch: settle them now, no wake-up needed
             settle(items)

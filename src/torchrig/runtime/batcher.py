@@ -74,6 +74,7 @@ from torchrig.runtime.batch_requests import (
     half_by_rows,
     listened,
     listened_stage,
+    listening,
     mark_batch,
     resolve,
     resolve_all,
@@ -191,18 +192,18 @@ class Batcher:
             inputs, crop = self.padding.apply(inputs)
         now = time.monotonic()
         request = QueuedRequest(
-            inputs=inputs,
-            rows=rows,
-            future=loop.create_future(),
-            loop=loop,
-            enqueued=now,
-            deadline=None if timeout_s is None else now + timeout_s,
-            shape_key=shape_key(inputs) if self.batching and self.varying_shapes else (),
-            crop=crop,
-            stage=listened_stage(self.name, now),
-            gone=client_gone.get(),
+            inputs,
+            rows,
+            loop.create_future(),
+            loop,
+            now,
+            None if timeout_s is None else now + timeout_s,
+            shape_key(inputs) if self.batching and self.varying_shapes else (),
+            crop,
+            None if listening.get() is None else listened_stage(self.name, now),
+            client_gone.get(),
         )
-        at_once = False
+        alone: list[QueuedRequest] | None = None
         with self._lock:
             if self._stopping:
                 raise QueueFull(f"model {self.name} is shutting down", retry_after_s=1.0)
@@ -212,27 +213,32 @@ class Batcher:
                     f"model {self.name}: queue full ({self.max_queue_size} requests waiting)",
                     retry_after_s=self._retry_after(),
                 )
-            self._queue.append(request)
-            self._queued_rows += rows
-            if self.inline:  # no worker thread waits
-                at_once = (
-                    self._lone
-                    and len(self._queue) == 1
-                    and self._scheduled is None
-                    and not self._running_inline
-                    and not self._ran_at_once
-                    and self.max_delay_s <= 0
-                )
-                if at_once:
-                    self._ran_at_once = True
-                else:
+            if (
+                self.inline  # no worker thread waits
+                and self._lone
+                and not self._queue
+                and self._scheduled is None
+                and not self._running_inline
+                and not self._ran_at_once
+                and self.max_delay_s <= 0
+            ):
+                # the model is idle: this request's batch runs now, without queueing
+                if self._skip(request):  # e.g. its deadline already passed: answered
+                    return request.future
+                self._ran_at_once = self._running_inline = True
+                alone = [request]
+            else:
+                self._queue.append(request)
+                self._queued_rows += rows
+                if self.inline:
                     self._schedule(loop)
-            # wake a worker only when it has something to do: an idle worker (the queue was
-            # empty) or a gathering one whose batch is now full; the delay wakes it otherwise
-            elif len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
-                self._cond.notify()
-        if at_once:  # the model is idle: this request's batch runs now (module doc)
-            self._run_inline(loop)
+                # wake a worker only when it has something to do: an idle worker (the queue
+                # was empty) or a gathering one whose batch is now full; the delay wakes it
+                # otherwise
+                elif len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
+                    self._cond.notify()
+        if alone is not None:  # (module doc)
+            self._run_on_loop(alone, loop)
         return request.future
 
     def drop_abandoned(self) -> int:
@@ -320,6 +326,11 @@ class Batcher:
             self._gather(batch, 0)
             self._running_inline = True
             self._lone = len(batch) <= 1
+        self._run_on_loop(batch, loop)
+
+    def _run_on_loop(self, batch: list[QueuedRequest], loop: asyncio.AbstractEventLoop) -> None:
+        """Run a batch taken for the event loop (the caller set `_running_inline`), then
+        schedule the next batch if requests wait."""
         try:
             if batch:
                 # CPU time of this thread: what the batch cost the loop, not what other
@@ -478,19 +489,25 @@ class Batcher:
         resumes send their answers first (the observer's metrics cost a small batch as much
         as the rest of its bookkeeping), and nothing reads the metrics in between."""
         started = time.monotonic()
-        rows = sum(r.rows for r in batch)
-        executed = self._execute(batch)
+        rows = batch[0].rows if len(batch) == 1 else sum(r.rows for r in batch)
+        outcomes = self._execute(batch)
         # for the requests someone listens to (spans, access log): the batch's times
         times = mark_batch(batch, rows, started, time.monotonic()) if listened(batch) else None
-        outcomes = [
-            (request, request.crop(result) if request.crop and result else result, error)
-            for request, result, error in self._judge(executed)
-        ]
-        failed = any(error is not None for _, _, error in outcomes)
+        failed = False
+        for outcome in outcomes:
+            if outcome[2] is not None:
+                failed = True
+                outcomes = self._judge(outcomes)
+                break
+        if self.padding is not None:  # padded requests get their own sizes back
+            outcomes = [
+                (request, request.crop(result) if request.crop and result else result, error)
+                for request, result, error in outcomes
+            ]
         elapsed = self._count(rows, len(batch), started, failed=failed)
         if times is not None:
             times.ended_ns, times.failed = times.started_ns + int(elapsed * 1e9), failed
-        resolve_all(outcomes)
+        resolve_all(outcomes, loop)
         if loop is not None:
             loop.call_soon(self._after_inline, batch, rows, started, elapsed, failed)
         else:

@@ -67,6 +67,12 @@ class ServedVersion:
     local_dir: Path | None = None  # where its files were loaded from
     pipeline: Pipeline | None = None  # a pipeline model (its steps run other models)
 
+    def __post_init__(self) -> None:
+        # made once, read per request: "model/version" names it in errors, "version"
+        # answers name it
+        self.label = f"{self.model}/{self.version}"
+        self.version_label = str(self.version)
+
     @property
     def fingerprint(self) -> Fingerprint:
         return fingerprint(self.manifest, self.config)

@@ -134,6 +134,11 @@ class ReplicaSet:
     def _acquire(self, rows: int) -> _Replica:
         with self._lock:
             count = len(self._replicas)
+            if count == 1 and self._replicas[0].fault is None:  # nothing to choose from
+                only = self._replicas[0]
+                only.inflight_batches += 1
+                only.inflight_rows += rows
+                return only
             best: _Replica | None = None
             for step in range(count):
                 replica = self._replicas[(self._turn + step) % count]

@@ -65,7 +65,9 @@ def validate_inputs(
     those against `specs`, so only what spans inputs (presence, batch sizes) and values
     (ranges) are checked again.
     """
-    if len(inputs) != len(specs) or not all(s.name in inputs for s in specs):
+    # declared: every name was one of the signature's, once (check_declared), so the count
+    # alone tells whether one is missing
+    if len(inputs) != len(specs) or (not declared and not all(s.name in inputs for s in specs)):
         expected = {s.name for s in specs}
         missing = sorted(expected - set(inputs))
         extra = sorted(set(inputs) - expected)
@@ -213,10 +215,45 @@ def check_declared(
 DeclaredCheck = Callable[[str, str, list[int]], None]  # (name, datatype, shape) -> or raise
 
 
+def declared_check(
+    model: str,
+    specs: list[TensorSpec],
+    *,
+    max_batch_size: int | None = None,
+    dynamic: Sequence[DynamicDim] = (),
+) -> DeclaredCheck:
+    """`check_declared` for one signature, made once: what a good request declares passes
+    through a table lookup and a few comparisons; anything else (and an input with a
+    dynamic dimension) goes through `check_declared` itself, which names the problem."""
+    full = partial(check_declared, model, specs, max_batch_size=max_batch_size, dynamic=dynamic)
+    # name -> (datatype, rank, the fixed dims as (index, size), the bound on dim 0 or None)
+    plain: dict[str, tuple[str, int, tuple[tuple[int, int], ...], int | None]] = {}
+    for spec in specs:
+        if any(d.input == spec.name for d in dynamic):
+            continue
+        fixed = tuple((i, size) for i, size in enumerate(spec.shape) if size != -1)
+        bound = max_batch_size if spec.shape and spec.shape[0] == -1 else None
+        plain[spec.name] = (spec.datatype, len(spec.shape), fixed, bound)
+
+    def check(name: str, datatype: str, shape: list[int]) -> None:
+        entry = plain.get(name)
+        if entry is not None:
+            want, rank, fixed, bound = entry
+            if datatype == want and len(shape) == rank and (bound is None or shape[0] <= bound):
+                for index, size in fixed:
+                    if shape[index] != size:
+                        break
+                else:
+                    return
+        full(name, datatype, shape)
+
+    return check
+
+
 class DeclaredChecks:
-    """Each served version's `check_declared` call, made once, not per request (both
-    transports check every request's declared inputs with it). A version reloaded or
-    loaded again is a new served version, and gets a new check."""
+    """Each served version's declared-input check (`declared_check`), made once, not per
+    request (both transports check every request's declared inputs with it). A version
+    reloaded or loaded again is a new served version, and gets a new check."""
 
     MAX_KEPT = 256  # versions whose check is kept; past that, all are dropped (they come back)
 
@@ -226,18 +263,16 @@ class DeclaredChecks:
 
     def of(self, served: Any, signature: Any) -> DeclaredCheck:
         """The check for `served` (a ServedVersion) against `signature` (its interface)."""
-        key = (served.model, served.version)
-        cached = self._checks.get(key)
+        cached = self._checks.get((served.model, served.version))
         if cached is None or cached[0] is not served:
             if len(self._checks) >= self.MAX_KEPT:
                 self._checks.clear()
-            check = partial(
-                check_declared,
+            check = declared_check(
                 f"{served.model}/{served.version}",
                 signature.inputs,
                 max_batch_size=served.batcher.max_batch_size if served.batcher else None,
                 dynamic=signature.dynamic_dims,
             )
             cached = (served, check)
-            self._checks[key] = cached
+            self._checks[(served.model, served.version)] = cached
         return cached[1]

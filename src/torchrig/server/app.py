@@ -49,6 +49,7 @@ from torchrig.server.asgi_io import (
     naming_worker,
     outcome_label,
     respond,
+    send_response,
     strict_decimal,
     unless_disconnected,
 )
@@ -59,8 +60,8 @@ from torchrig.server.request_trace import RequestTrace, RequestTracing
 from torchrig.server.shm import (
     CUDA_SHM_UNSUPPORTED,
     CudaSharedMemoryUnsupported,
+    PeerAccess,
     SharedMemory,
-    access,
     http_peer_uid,
     register_json,
 )
@@ -466,11 +467,11 @@ class V2App:
     ) -> None:
         state = self.state
         headers = _headers(scope)
+        model, version = params["model"], params.get("version")
         request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids):x}"
         trace = TraceContext.from_headers(
-            headers, root_ratio=self.state.trace_settings.root_ratio(params["model"])
+            headers, root_ratio=state.trace_settings.root_ratio(model)
         )
-        model, version = params["model"], params.get("version")
         started = time.perf_counter()
         timeline = self.tracing.begin(trace)  # stage marks for the access line and spans
         extra_headers = {"x-request-id": request_id, "traceparent": trace.traceparent()}
@@ -485,8 +486,8 @@ class V2App:
                 raise QueueFull(
                     "the server is shutting down; retry on another replica", retry_after_s=1.0
                 )
-            shm_read, shm_write = access(state.shared_memory, partial(http_peer_uid, scope))
-            served, request = await self._decode(model, version, headers, receive, shm_read)
+            peer = PeerAccess(state.shared_memory, http_peer_uid, scope)
+            served, request = await self._decode(model, version, headers, receive, peer.read)
             timeline.decoded_ns = time.monotonic_ns()
             manifest = served.interface  # with built-in steps: their outputs
             timeout = state.settings.request_timeout_s
@@ -508,7 +509,7 @@ class V2App:
             if outputs is None:  # the client went away: nobody to answer
                 outcome = "bad_request"  # a client-side end, as nginx's 499
                 return
-            served_version = str(served.version)
+            served_version = served.version_label
             timeline.resumed_ns = time.monotonic_ns()
             payload, response_headers = encode_infer_response(
                 model_name=model,
@@ -520,13 +521,13 @@ class V2App:
                 binary_output_default=request.binary_output_default,
                 labels=manifest.labels,
                 batching=manifest.batching,
-                shm_write=shm_write,
+                shm_write=peer.write,
             )
             extra_headers.update(response_headers)
             outcome = "success"
             status, response_bytes = 200, len(payload)
             timeline.encoded_ns = time.monotonic_ns()
-            await respond(send, 200, payload, extra_headers, content_type=None)
+            await send_response(send, 200, payload, extra_headers)
         except TorchrigError as exc:
             outcome = outcome_label(exc.status_code)
             if isinstance(exc, QueueFull):
@@ -568,18 +569,21 @@ class V2App:
         finally:
             duration_s = time.perf_counter() - started
             state.request_ended(model, served_version, outcome, duration_s, timeline)
-            self.tracing.finish(
-                timeline,
-                request_id=request_id,
-                model=model,
-                version=served_version,
-                # 499 (nginx's): the client went away before an answer
-                status=499 if outcome == "bad_request" and status == 500 else status,
-                request_bytes=int(headers.get("content-length") or 0),
-                response_bytes=response_bytes,
-                duration_s=duration_s,
-                transport="http",
-            )
+            tracing = self.tracing
+            # an access line (picked, or a server error) or spans: most requests have neither
+            if timeline.picked or status >= 500 or tracing.spans is not None:
+                tracing.finish(
+                    timeline,
+                    request_id=request_id,
+                    model=model,
+                    version=served_version,
+                    # 499 (nginx's): the client went away before an answer
+                    status=499 if outcome == "bad_request" and status == 500 else status,
+                    request_bytes=int(headers.get("content-length") or 0),
+                    response_bytes=response_bytes,
+                    duration_s=duration_s,
+                    transport="http",
+                )
 
     async def _decode(
         self,
@@ -599,22 +603,29 @@ class V2App:
         header_length = None
         if length is not None:
             header_length = strict_decimal(length, "Inference-Header-Content-Length")
-        decode = partial(
-            decode_infer_request,
-            body,
-            header_length=header_length,
-            content_encoding=headers.get("content-encoding"),
-            max_body_bytes=self.max_body,
-            specs=signature.inputs,
-            accept=self.state.declared_checks.of(served, signature),
-            shm_read=shm_read,
-        )
+        encoding = headers.get("content-encoding")
+        accept = self.state.declared_checks.of(served, signature)
         # binary tensors are viewed or copied in one go, but JSON becomes Python objects:
         # a large JSON part (or a compressed body) is parsed in a thread, a few at a time
         json_part = len(body) if header_length is None else header_length
-        if json_part < OFF_LOOP_BYTES and headers.get("content-encoding") is None:
-            request = decode()
+        if json_part < OFF_LOOP_BYTES and encoding is None:
+            request = decode_infer_request(
+                body,
+                header_length=header_length,
+                max_body_bytes=self.max_body,
+                accept=accept,
+                shm_read=shm_read,
+            )
         else:
+            decode = partial(
+                decode_infer_request,
+                body,
+                header_length=header_length,
+                content_encoding=encoding,
+                max_body_bytes=self.max_body,
+                accept=accept,
+                shm_read=shm_read,
+            )
             async with self._large_decodes():
                 request = await asyncio.to_thread(decode)
         return served, request
@@ -640,10 +651,20 @@ class V2App:
             # is converted or decompressed anyway, so its chunks are simply joined
             if json_part is not None and "content-encoding" not in headers:
                 into = BodyBuffer(size, json_part)
+        message = await receive()
+        if into is None and message["type"] == "http.request" and not message.get("more_body"):
+            # the whole body in one message (a small request): nothing to join
+            whole: bytes = message.get("body", b"")
+            if len(whole) > self.max_body:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {self.max_body} bytes (serve --max-body-mb)"
+                )
+            if size is not None:
+                check_length(len(whole), size)
+            return whole
         chunks: list[bytes] = []
         total = 0
         while True:
-            message = await receive()
             if message["type"] == "http.disconnect":
                 raise InvalidInput("the client went away before sending the whole body")
             chunk: bytes = message.get("body", b"")
@@ -658,6 +679,7 @@ class V2App:
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+            message = await receive()
         if into is not None:
             return into.body()
         if size is not None:

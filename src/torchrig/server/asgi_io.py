@@ -158,14 +158,16 @@ async def respond(
 ) -> None:
     """Send a whole response. `headers` are named in lowercase; content-length is always
     the body's own, and `content_type` is added unless `headers` name one."""
-    raw: list[tuple[bytes, bytes]] = [(b"content-length", b"%d" % len(body))]
-    if headers:
-        for name, value in headers.items():
-            if name != "content-length":
-                raw.append((name.encode("latin-1"), value.encode("latin-1")))
-        if content_type is not None and "content-type" not in headers:
-            raw.append((b"content-type", content_type.encode("latin-1")))
-    elif content_type is not None:
-        raw.append((b"content-type", content_type.encode("latin-1")))
+    fields = {k: v for k, v in headers.items() if k != "content-length"} if headers else {}
+    if content_type is not None:
+        fields.setdefault("content-type", content_type)
+    await send_response(send, status, body, fields)
+
+
+async def send_response(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    """Send a whole response: `headers`, named in lowercase, with its content-type and
+    without its content-length (added here, the body's own)."""
+    raw = [(b"content-length", b"%d" % len(body))]
+    raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

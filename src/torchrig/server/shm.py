@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from torchrig.errors import InvalidInput, ManagementDisabled, ModelNotFound, TorchrigError
-from torchrig.protocol.shared_memory import Buffer, ShmReader, ShmWriter
+from torchrig.protocol.shared_memory import Buffer
 from torchrig.server.peers import is_loopback, peer_uid
 
 SHM_DIR = Path("/dev/shm")
@@ -220,23 +220,30 @@ def _shm_path(key: str) -> str:
     return str(SHM_DIR / bare)
 
 
-def access(shared: SharedMemory, who: Callable[[], int]) -> tuple[ShmReader, ShmWriter]:
-    """Read and write registered regions as the user `who()` names (asked only when a
-    request uses shared memory, and once)."""
-    uid: list[int] = []
+class PeerAccess:
+    """One request's access to the registered regions, as the user its client runs as:
+    `who(peer)` is asked only when the request uses shared memory, and once. One small
+    object per request (most never touch shared memory); `read` and `write` are what the
+    decoder and encoder take."""
 
-    def user() -> int:
-        if not uid:
-            uid.append(who())
-        return uid[0]
+    __slots__ = ("_peer", "_shared", "_uid", "_who")
 
-    def read(region: str, offset: int, size: int, what: str) -> Any:
-        return shared.read(region, offset, size, uid=user(), what=what)
+    def __init__(self, shared: SharedMemory, who: Callable[[Any], int], peer: Any) -> None:
+        self._shared = shared
+        self._who = who
+        self._peer = peer
+        self._uid: int | None = None
 
-    def write(region: str, offset: int, size: int, data: Buffer, what: str) -> int:
-        return shared.write(region, offset, size, data, uid=user(), what=what)
+    def _user(self) -> int:
+        if self._uid is None:
+            self._uid = self._who(self._peer)
+        return self._uid
 
-    return read, write
+    def read(self, region: str, offset: int, size: int, what: str) -> Any:
+        return self._shared.read(region, offset, size, uid=self._user(), what=what)
+
+    def write(self, region: str, offset: int, size: int, data: Buffer, what: str) -> int:
+        return self._shared.write(region, offset, size, data, uid=self._user(), what=what)
 
 
 class _RegisterBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -40,7 +40,7 @@ from torchrig.server.request_trace import RequestTracing
 from torchrig.server.shm import (
     CUDA_SHM_UNSUPPORTED,
     CudaSharedMemoryUnsupported,
-    access,
+    PeerAccess,
     client_uid,
 )
 from torchrig.server.tracing import TraceContext
@@ -213,7 +213,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     def _shared_memory(self, context: Context) -> tuple[ShmReader, ShmWriter]:
-        return access(self.state.shared_memory, partial(self.peer_uid, context))
+        peer = PeerAccess(self.state.shared_memory, self.peer_uid, context)
+        return peer.read, peer.write
 
     async def infer(
         self,
