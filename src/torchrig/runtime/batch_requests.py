@@ -10,7 +10,7 @@ import contextvars
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 Tensors = dict[str, Any]  # name -> torch.Tensor (torch is typed as Any here)
 
@@ -159,9 +159,9 @@ def mark_batch(
 Outcome = tuple[QueuedRequest, "Tensors | None", "BaseException | None"]
 
 
-@dataclass(frozen=True)
-class BatchRecord:
-    """What one batch did, handed to the batcher's observer (metrics) after it ran."""
+class BatchRecord(NamedTuple):
+    """What one batch did, handed to the batcher's observer (metrics) after it ran
+    (immutable; a named tuple: made per batch at a fraction of a frozen dataclass's cost)."""
 
     rows: int
     requests: int

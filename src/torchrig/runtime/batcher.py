@@ -662,11 +662,13 @@ class Batcher:
         if self.observer is None:
             return
         record = BatchRecord(
-            rows=rows,
-            requests=len(batch),
-            queue_waits_s=[started - r.enqueued for r in batch],
-            compute_s=elapsed,
-            failed=failed,
+            rows,
+            len(batch),
+            [started - batch[0].enqueued]
+            if len(batch) == 1
+            else [started - r.enqueued for r in batch],
+            elapsed,
+            failed,
         )
         try:
             self.observer(record)

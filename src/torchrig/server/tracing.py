@@ -48,9 +48,15 @@ class TraceContext(NamedTuple):
         parsed = None if given is None else _parse(given)
         if parsed is None:
             trace_id, span_id = _random_ids()
-            # OpenTelemetry's TraceIdRatioBased: the low 64 bits below ratio * 2**64
-            sampled = int(trace_id[16:], 16) < root_ratio * (1 << 64)
-            return cls(trace_id=trace_id, span_id=span_id, flags=SAMPLED if sampled else 0)
+            # OpenTelemetry's TraceIdRatioBased: the low 64 bits below ratio * 2**64 (always
+            # true at 1, never at 0)
+            if root_ratio <= 0.0:
+                sampled = False
+            elif root_ratio >= 1.0:
+                sampled = True
+            else:
+                sampled = int(trace_id[16:], 16) < root_ratio * (1 << 64)
+            return cls(trace_id, span_id, None, SAMPLED if sampled else 0, None)
         trace_id, parent_id, flags = parsed
         state = headers.get("tracestate") or None
         return cls(trace_id, _random_hex(64), parent_id, flags, state)
@@ -68,12 +74,18 @@ def _random_hex(bits: int) -> str:
     return f"{random.getrandbits(bits) or 1:0{bits // 4}x}"
 
 
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
 def _random_ids() -> tuple[str, str]:
     """A new trace id and span id (as `_random_hex(128)` and `_random_hex(64)`), from one
     draw of random bits: a request that starts a trace pays for one."""
-    bits = random.getrandbits(192)
-    trace, span = bits >> 64, bits & 0xFFFF_FFFF_FFFF_FFFF
-    return f"{trace or 1:032x}", f"{span or 1:016x}"
+    ids = f"{random.getrandbits(192):048x}"  # one draw and one formatting for both
+    trace, span = ids[:32], ids[32:]
+    if trace == _ZERO_TRACE or span == _ZERO_SPAN:  # invalid ids (2**-64): as OTel, never 0
+        bits = int(ids, 16)
+        return f"{bits >> 64 or 1:032x}", f"{bits & 0xFFFF_FFFF_FFFF_FFFF or 1:016x}"
+    return trace, span
 
 
 def _parse(value: str) -> tuple[str, str, int] | None:

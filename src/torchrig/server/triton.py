@@ -183,10 +183,14 @@ class Statistics:
         stats.compute_output.ns += max(output_ns, 0)
 
     def batch(self, model: str, version: str, record: BatchRecord) -> None:
+        with self._lock:
+            stats = self._versions[(model, version)]
+        self._count_batch(stats, record)
+
+    def _count_batch(self, stats: _VersionStats, record: BatchRecord) -> None:
         now_ms = int(time.time() * 1000)
         compute_ns = int(record.compute_s * 1e9)
         with self._lock:
-            stats = self._versions[(model, version)]
             stats.execution_count += 1
             stats.last_inference_ms = now_ms
             sized = stats.batches[record.rows]
@@ -208,9 +212,13 @@ class Statistics:
 
         def make(model: str, version: str) -> BatchObserver:
             observe = metrics(model, version)
+            # the version's row, found once: rows stay in the table for good
+            with self._lock:
+                stats = self._versions[(model, version)]
+            count = self._count_batch
 
             def both(record: BatchRecord) -> None:
-                self.batch(model, version, record)
+                count(stats, record)
                 observe(record)
 
             return both
