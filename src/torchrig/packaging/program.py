@@ -91,6 +91,8 @@ class Program:
     def _named(self, result: Any) -> dict[str, Any]:
         names = self._output_names
         if isinstance(result, torch.Tensor):
+            if len(names) == 1:
+                return {names[0]: result}
             values = [result]
         elif isinstance(result, Mapping):
             values = [result[name] for name in names]

@@ -60,12 +60,12 @@ def encode_infer_response(
     for, which tritonclient reads transparently. A tensor whose dtype differs from its
     signature's datatype is converted to it, so clients get what model metadata promises.
     """
-    by_name = {spec.name: spec for spec in specs}
     if requested is None:
         chosen: list[tuple[TensorSpec, bool, int, tuple[str, int, int] | None]] = [
             (spec, binary_output_default, 0, None) for spec in specs
         ]
     else:
+        by_name = {spec.name: spec for spec in specs}
         chosen = []
         for output in requested:
             spec = by_name.get(output.name)

@@ -456,13 +456,16 @@ class Executor:
                 for name, tensor in inputs.items()
             }
         with self._inference():
-            outputs = program(staged)
-        result: dict[str, Any] = {}
-        for name, want in self._output_dtypes():
+            outputs: dict[str, Any] = program(staged)
+        # each output in the dtype its signature promises (the program's own dict, named
+        # as the manifest's outputs, when every dtype already is)
+        result = outputs
+        for name, want in self._outputs_as or self._output_dtypes():
             tensor = outputs[name]
             if tensor.dtype != want:
-                tensor = tensor.to(want)
-            result[name] = tensor
+                if result is outputs:
+                    result = dict(outputs)
+                result[name] = tensor.to(want)
         return result
 
     def _output_dtypes(self) -> list[tuple[str, Any]]:

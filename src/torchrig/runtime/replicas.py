@@ -230,6 +230,7 @@ def physical_gpu(device: str, environ: Mapping[str, str] | None = None) -> str:
 
 
 def _rows(inputs: Mapping[str, Any]) -> int:
-    first = next(iter(inputs.values()), None)
-    shape = getattr(first, "shape", None)
-    return int(shape[0]) if shape else 1
+    for first in inputs.values():  # the first input's rows (no iterator object made)
+        shape = getattr(first, "shape", None)
+        return int(shape[0]) if shape else 1
+    return 1
