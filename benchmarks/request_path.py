@@ -16,6 +16,13 @@ this thread's CPU time (call counts are exact; times include the profiler's own)
 
 Run: `python benchmarks/request_path.py [--requests 2048] [--samples 5] [--profile out.prof]
 [--trace off]` (`--trace off`: the ranker runs its exported module, not a TorchScript trace).
+
+`--versus-bare` compares torchrig's path with the bare ASGI app's (serve_compare/asgi_app.py,
+the baseline of serve_tail.py) in this same process, on the same request: `--pairs` pairs
+of blocks of `--block` requests, one block of each app in turn, at c=1; printed: each app's
+median CPU us per request and the median and range of the per-pair ratios. Both apps share
+the process, the interpreter and its caches, and each pair lies a second apart, so the
+ratio holds on a box whose speed drifts (the absolute figures do not).
 """
 
 from __future__ import annotations
@@ -131,6 +138,10 @@ async def run(args: argparse.Namespace) -> int:
         count = args.requests // concurrency * concurrency
         return spent / count * 1e6, (batcher.stats().batches - batches) / count
 
+    if args.versus_bare:
+        await versus_bare(client, args)
+        await state.lifespan_hooks["shutdown"]()
+        return 0
     print(f"inline batches: {batcher.inline}; program traced: "
           f"{getattr(batcher.executor.primary.program, 'traced', None)}")  # fmt: skip
     for concurrency in (1, 64):
@@ -151,6 +162,45 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def bare_app(work: Path) -> Any:
+    """serve_compare's bare ASGI callable, loaded with the demo ranker's weights."""
+    import torch
+
+    from torchrig.demo import ranker
+
+    module, _ = ranker()
+    torch.save(module.state_dict(), work / "ranker_state.pt")
+    os.environ["TORCHRIG_BENCH_MODELS_PY"] = str(sys.modules[type(module).__module__].__file__)
+    os.environ["TORCHRIG_BENCH_WEIGHTS"] = str(work / "ranker_state.pt")
+    here = Path(__file__).resolve().parent / "serve_compare"
+    sys.path.insert(0, str(here))
+    import asgi_app  # type: ignore[import-not-found]
+
+    return asgi_app.app
+
+
+async def versus_bare(ours: Client, args: argparse.Namespace) -> None:
+    bare = Client(bare_app(Path(tempfile.mkdtemp(prefix="torchrig-request-path-bare-"))), ours.body)
+
+    async def block(client: Client) -> float:
+        started = time.thread_time()
+        for _ in range(args.block):
+            if await client.post() != 200:
+                raise RuntimeError("a request failed")
+        return (time.thread_time() - started) / args.block * 1e6
+
+    for client in (ours, bare):  # warm
+        await block(client)
+    pairs = [(await block(ours), await block(bare)) for _ in range(args.pairs)]
+    ratios = [mine / theirs for mine, theirs in pairs]
+    print(
+        f"c=1 in process, {args.pairs} pairs of {args.block} requests: torchrig "
+        f"{statistics.median(p[0] for p in pairs):.1f} us/request, bare ASGI app "
+        f"{statistics.median(p[1] for p in pairs):.1f}; torchrig / bare "
+        f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=2048, help="requests per sample")
@@ -159,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trace", choices=("auto", "off"), default="auto", help="the ranker's config `trace`"
     )
+    parser.add_argument(
+        "--versus-bare", action="store_true", help="paired blocks against the bare ASGI app"
+    )
+    parser.add_argument("--pairs", type=int, default=15, help="--versus-bare: block pairs")
+    parser.add_argument("--block", type=int, default=400, help="--versus-bare: requests/block")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
