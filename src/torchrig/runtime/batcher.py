@@ -661,15 +661,11 @@ class Batcher:
         """Tell the observer, after the callers were answered; its faults are only logged."""
         if self.observer is None:
             return
-        record = BatchRecord(
-            rows,
-            len(batch),
-            [started - batch[0].enqueued]
-            if len(batch) == 1
-            else [started - r.enqueued for r in batch],
-            elapsed,
-            failed,
-        )
+        if len(batch) == 1:
+            waits = [started - batch[0].enqueued]
+        else:
+            waits = [started - r.enqueued for r in batch]
+        record = BatchRecord(rows, len(batch), waits, elapsed, failed)
         try:
             self.observer(record)
         except Exception:  # metrics must never take a worker down

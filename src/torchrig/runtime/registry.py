@@ -532,7 +532,7 @@ class ModelRegistry:
         if manifest is None or batcher is None:
             raise ModelNotReady(f"model {served.model} version {served.version} is not ready")
         rows = validate_inputs(
-            f"{served.model}/{served.version}",
+            served.label,
             manifest.inputs,
             inputs,
             batching=manifest.batching,

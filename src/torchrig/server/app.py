@@ -576,8 +576,7 @@ class V2App:
             duration_s = time.perf_counter() - started
             state.request_ended(model, served_version, outcome, duration_s, timeline)
             tracing = self.tracing
-            # an access line (picked, or a server error) or spans: most requests have neither
-            if timeline.picked or status >= 500 or tracing.spans is not None:
+            if tracing.wanted(timeline, status):
                 tracing.finish(
                     timeline,
                     request_id=request_id,

@@ -93,6 +93,11 @@ class RequestTracing:
         traced = self.spans is not None and bool(context.flags & SAMPLED)
         return RequestTrace(context, picked=self.access_log.pick(), traced=traced)
 
+    def wanted(self, request: RequestTrace, status: int) -> bool:
+        """Whether `finish` has anything to do for this request: an access line (picked,
+        or a server error) or spans. Most requests have neither, and skip its call."""
+        return request.picked or status >= 500 or self.spans is not None
+
     def finish(
         self,
         request: RequestTrace,

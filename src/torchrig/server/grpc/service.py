@@ -270,7 +270,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 timeout_s=timeout,
                 declared=True,  # check_declared saw each input's name, type and shape
             )
-            served_version = str(served.version)
+            served_version = served.version_label
             timeline.resumed_ns = time.monotonic_ns()
             response = encode_response(
                 model_name=model,
