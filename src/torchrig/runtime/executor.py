@@ -436,7 +436,6 @@ class Executor:
         }
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-
         program = self._program
         if program is None:
             raise ArtifactError(f"{self.manifest.name} is not loaded")

@@ -134,9 +134,9 @@ class _VersionStats:
 
 class Statistics:
     """Counters per model version, fed by the transports (`request`) and the batcher's
-    observer (`batch`); read in Triton's shape by `report`. `request` runs on the event
-    loop (both transports answer there), `batch` also on the executor's threads, under a
-    lock."""
+    observer (`observer`); read in Triton's shape by `report`. `request` runs on the event
+    loop (both transports answer there); batches are also counted on the executor's
+    threads, under a lock."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
@@ -170,7 +170,7 @@ class Statistics:
             with self._lock:
                 stats = self._versions[key]
         # no lock: these counts change on the event loop only (both transports answer
-        # there); `batch` takes the lock for the counts the executor's threads change
+        # there); a batch takes the lock for the counts the executor's threads change
         if not ok:
             stats.fail.count += 1
             stats.fail.ns += int(duration_s * 1e9)
@@ -181,11 +181,6 @@ class Statistics:
         stats.compute_input.ns += max(input_ns, 0)
         stats.compute_output.count += 1
         stats.compute_output.ns += max(output_ns, 0)
-
-    def batch(self, model: str, version: str, record: BatchRecord) -> None:
-        with self._lock:
-            stats = self._versions[(model, version)]
-        self._count_batch(stats, record)
 
     def _count_batch(self, stats: _VersionStats, record: BatchRecord) -> None:
         now_ms = int(time.time() * 1000)
