@@ -11,6 +11,7 @@ the engines exactly as a user's shell would.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import resource
 import shutil
@@ -115,17 +116,31 @@ def prepare_engines() -> Engines:
         missing("the image tests run buildah and podman as root (rootful, daemonless)")
     root = Path(os.environ.get("TORCHRIG_TEST_CONTAINERS", "/var/tmp/torchrig-image-tests"))
     root.mkdir(parents=True, exist_ok=True)
+    # test workers build at once in this storage: one prepares it (the base tarball and
+    # image, dropping what earlier runs left) while the others wait, and only the first of
+    # a run reclaims, since reclaiming removes working containers, a running build's too
+    with (root / "prepare.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _prepare(root)
+
+
+def _prepare(root: Path) -> Engines:
     tarball = _base_tarball(root)
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", f"pid {os.getpid()}")
+    marker = root / "reclaimed-by"
+    first = not marker.is_file() or marker.read_text(encoding="utf-8") != run
     problems = []
     for driver in ("overlay", "vfs"):
         engines = Engines(root, _write_config(root, driver), driver)
-        _reclaim(engines)
+        if first:
+            _reclaim(engines)
         if not engines.has_image(BASE_IMAGE):
             engines.run("podman", "import", str(tarball), BASE_IMAGE, check=False)
         probe = subprocess.run(["podman", "run", "--rm", "--no-healthcheck", BASE_IMAGE, "true"],
                                env=engines.env, capture_output=True, text=True, timeout=300,
                                check=False)  # fmt: skip
         if probe.returncode == 0:
+            marker.write_text(run, encoding="utf-8")
             return engines
         problems.append(f"{driver}: {probe.stderr.strip()[-300:]}")
     missing(f"podman cannot run a container here ({'; '.join(problems)})")

@@ -26,8 +26,12 @@ from torchrig.image.engine import find_engine
 
 # building an image takes minutes (the CUDA one's wheels are gigabytes): past the suite's
 # 300 s per test, each test here (and the build its fixture runs) has 40 minutes
-# one worker builds and runs them all, in order: they share the serve image and the storage
-pytestmark = [pytest.mark.images, pytest.mark.timeout(2400), pytest.mark.xdist_group("images")]
+pytestmark = [pytest.mark.images, pytest.mark.timeout(2400)]
+# three builds, one worker each, at once (the storage takes concurrent builds; the engines
+# are prepared once per run, `prepare_engines`): the serve image's tests share that image,
+# so one worker runs them in order; the dev and CUDA images build beside it. One worker
+# for all three made them the suite's critical path (890 of its 950 s on 2 cores).
+SERVE_IMAGE = pytest.mark.xdist_group("images-serve")
 
 CPU_TORCH = torch.__version__.split("+", 1)[0]  # the image's torch is the tests' own release
 CUDA_TORCH = "2.14.1"
@@ -100,6 +104,7 @@ def serve_image(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> s
     )
 
 
+@SERVE_IMAGE
 def test_the_cpu_serve_image_keeps_its_promises(engines: Engines, serve_image: str) -> None:
     assert serve_image == f"localhost/pytorch:{CPU_TORCH}-cpu-serve"
     code, statuses, report = image_test(engines, serve_image)
@@ -119,6 +124,7 @@ def runner(engines: Engines, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine
         engine.close()
 
 
+@SERVE_IMAGE
 def test_a_model_packed_on_the_host_answers_the_same_from_the_image(
     serve_image: str, runner: Engineer, tmp_path: Path
 ) -> None:
@@ -151,6 +157,7 @@ def test_a_model_packed_on_the_host_answers_the_same_from_the_image(
     torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-5)
 
 
+@SERVE_IMAGE
 def test_image_test_fails_an_image_that_breaks_the_promises(
     engines: Engines, serve_image: str, tmp_path: Path
 ) -> None:
@@ -169,6 +176,7 @@ def test_image_test_fails_an_image_that_breaks_the_promises(
     assert statuses["pins.constraints"] == "pass"
 
 
+@pytest.mark.xdist_group("images-dev")
 def test_the_cpu_dev_image_keeps_its_promises(
     engines: Engines, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -187,6 +195,7 @@ def test_the_cpu_dev_image_keeps_its_promises(
         "dev.jupyter_token"})  # fmt: skip
 
 
+@pytest.mark.xdist_group("images-cuda")
 def test_the_cuda_runtime_image_keeps_its_promises(
     engines: Engines, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
