@@ -119,6 +119,44 @@ def test_wrong_field_type_names_the_field(tmp_path: Path) -> None:
     assert_clean_error(run("doctor", "--from", str(bad)), "memory_total_bytes")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "check"),
+    [
+        (("gpus", 1, "compute_capability"), "570.86.15", "gpu.arch"),
+        (("torch", "arch_list", 0), "sm_9x", "gpu.arch"),
+        (("torch", "cuda"), "twelve", "driver.cuda"),
+        (("driver", "version"), "x86_64", "driver.cuda"),
+    ],
+)
+def test_a_value_in_no_known_form_fails_its_check_by_name_without_a_traceback(
+    tmp_path: Path, field: tuple[str | int, ...], value: str, check: str
+) -> None:
+    """A snapshot that types check but whose version or architecture no rule can read
+    (edited by hand, or a form torchrig has not met): the checks that read it fail naming
+    the value, the others (and the other GPUs) are judged as before; never "the check
+    itself failed" with a stack trace in the log."""
+    snap = json.loads((DATA / "h100-cu128-driver570.json").read_text())
+    parent = snap
+    for key in field[:-1]:
+        parent = parent[key]
+    parent[field[-1]] = value
+    bad = tmp_path / "odd.json"
+    bad.write_text(json.dumps(snap))
+    proc = run("doctor", "--from", str(bad), "--json")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "crashed" not in proc.stderr
+    checks = json.loads(proc.stdout)["checks"]
+    unread = [c for c in checks if c["id"] == check and f"{value!r}" in c["message"]]
+    assert unread, [c for c in checks if c["id"] == check]
+    assert all(c["status"] == "fail" and "cannot judge" in c["message"] for c in unread)
+    assert all("--save-snapshot" in c["fix"] for c in unread)
+    assert not any("the check itself failed" in c["message"] for c in checks)
+    if field[0] == "gpus":  # the other seven GPUs keep their own verdict
+        others = [c for c in checks if c["id"] == check and c not in unread]
+        assert [c["status"] for c in others] == ["ok"], others
+
+
 def test_missing_from_file(tmp_path: Path) -> None:
     assert_clean_error(run("doctor", "--from", str(tmp_path / "nope.json")), "does not exist")
 

@@ -11,6 +11,7 @@ import logging
 
 from torchrig import __version__
 from torchrig.doctor.attribution import attribute
+from torchrig.doctor.context import unreadable
 from torchrig.doctor.model import (
     EXIT_FAIL,
     EXIT_OK,
@@ -22,6 +23,7 @@ from torchrig.doctor.model import (
     Summary,
 )
 from torchrig.doctor.registry import CHECKS
+from torchrig.errors import UnknownVersionError
 from torchrig.facts.model import Snapshot
 
 __all__ = ["CHECKS", "Check", "CheckContext", "CheckResult", "Report", "diagnose"]
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 def _run(check: Check, ctx: CheckContext) -> list[CheckResult]:
     try:
         return check.func(ctx)
+    except UnknownVersionError as exc:  # the facts, not the check: no traceback
+        status, message, fix = unreadable(exc)
+        return [CheckResult(id=check.id, status=status, message=message, fix=fix)]
     except Exception as exc:  # a check bug must not hide the other verdicts
         log.exception("doctor check %s crashed", check.id)
         return [

@@ -45,9 +45,18 @@ def driver_version(snapshot: Snapshot) -> str | None:
     return snapshot.driver.version if snapshot.driver is not None else None
 
 
+def arch_label(compute_capability: str | None) -> str:
+    """', sm_90' for "9.0"; a value in another form as it is (', compute capability 'x'')."""
+    if not compute_capability:
+        return ""
+    major, dot, minor = compute_capability.partition(".")
+    if dot and major.isdecimal() and minor.isdecimal() and major.isascii() and minor.isascii():
+        return f", sm_{major}{minor}"
+    return f", compute capability {compute_capability!r}"
+
+
 def gpu_label(gpu: GpuFacts) -> str:
-    cc = f", sm_{gpu.compute_capability.replace('.', '')}" if gpu.compute_capability else ""
-    return f"GPU {gpu.index} {gpu.name}{cc}"
+    return f"GPU {gpu.index} {gpu.name}{arch_label(gpu.compute_capability)}"
 
 
 def _index_ranges(indices: list[int]) -> str:
@@ -68,13 +77,24 @@ def group_label(gpus: list[GpuFacts]) -> str:
     if len(gpus) == 1:
         return gpu_label(gpus[0])
     first = gpus[0]
-    cc = f", sm_{first.compute_capability.replace('.', '')}" if first.compute_capability else ""
     indices = _index_ranges(sorted(g.index for g in gpus))
-    return f"GPU {indices}: {len(gpus)}x {first.name}{cc}"
+    return f"GPU {indices}: {len(gpus)}x {first.name}{arch_label(first.compute_capability)}"
 
 
 def group_subject(gpus: list[GpuFacts]) -> str:
     return "gpu" + _index_ranges(sorted(g.index for g in gpus))
+
+
+def unreadable(exc: UnknownVersionError) -> GpuVerdict:
+    """The verdict on facts a check cannot read (a version or architecture in no form it
+    knows): it cannot prove this works, so it fails, naming the value instead of crashing."""
+    return (
+        "fail",
+        f"cannot judge this: {exc.message}",
+        "correct the value if the snapshot was written by hand or edited; if it is what "
+        "this machine reports, torchrig does not know its form yet: report it with the "
+        "snapshot (torchrig doctor --save-snapshot FILE)",
+    )
 
 
 def per_gpu(
@@ -86,7 +106,10 @@ def per_gpu(
     """
     groups: dict[tuple[str, str | None, Status, str, str | None], list[GpuFacts]] = {}
     for gpu in gpus:
-        verdict = judge(gpu)
+        try:
+            verdict = judge(gpu)
+        except UnknownVersionError as exc:  # a value in no form torchrig reads: this GPU only
+            verdict = unreadable(exc)
         if verdict is None:
             continue
         groups.setdefault((gpu.name, gpu.compute_capability, *verdict), []).append(gpu)

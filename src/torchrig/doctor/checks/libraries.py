@@ -7,6 +7,7 @@ from pathlib import PurePosixPath
 
 from torchrig import compat
 from torchrig.compat.platforms import load_platforms
+from torchrig.compat.versions import parse_cuda
 from torchrig.doctor.context import (
     jetpack_system_libraries,
     result,
@@ -217,7 +218,7 @@ def expected_major(snap: Snapshot, family: str) -> str | None:
         return str(decode_cudnn_version(torch.cudnn_compile_version)[0])
     if torch is None or torch.cuda is None:
         return None
-    return load_platforms().soname_major(int(torch.cuda.split(".")[0]), family)
+    return load_platforms().soname_major(parse_cuda(torch.cuda)[0], family)
 
 
 def _loadable(snap: Snapshot, family: str, filename: str) -> bool:
