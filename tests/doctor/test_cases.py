@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from builders import GIB, MIB, node
 from torchrig.doctor import diagnose
 from torchrig.doctor.model import CheckResult, Report
@@ -96,6 +98,31 @@ def test_cu128_build_with_driver_535_is_minor_version_compat_warning() -> None:
         node(torch="2.9.1+cu128", gpu="H100", driver="535.104.05", driver_cuda="12.2"), strict=True
     )
     assert strict.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("torch", "driver", "driver_cuda", "status", "needle"),
+    [
+        # CUDA 11.8 and 12.4 are older than the driver table: the driver's report decides
+        ("2.7.1+cu118", "535.183.01", "12.2", "ok", "covers the build's CUDA 11.8"),
+        ("2.5.1+cu124", "550.54.15", "12.4", "ok", "covers the build's CUDA 12.4"),
+        ("2.7.1+cu118", "470.82.01", "11.4", "warn", "minor-version compatibility"),
+        ("2.7.1+cu118", "440.33.01", "10.2", "fail", "older major"),
+        ("2.5.1+cu124", "550.54.15", None, "warn", "does not report which CUDA"),
+    ],
+)
+def test_a_cuda_outside_the_driver_table_is_judged_by_the_drivers_own_report(
+    torch: str, driver: str, driver_cuda: str | None, status: str, needle: str
+) -> None:
+    """A wheel for a CUDA the table has no row for (torch 2.5-2.7's cu118 and cu124 are
+    still common on nodes): NVML's report of the highest CUDA the driver runs decides, and
+    a warning or failure still says what to do."""
+    report = diagnose(node(torch=torch, gpu="A100", driver=driver, driver_cuda=driver_cuda))
+    drv = one(report, "driver.cuda")
+    assert drv.status == status, drv.message
+    assert needle in drv.message
+    if status != "ok":
+        assert drv.fix, drv.message
 
 
 def test_64mb_shm_with_8_gpus_fails_and_names_the_fixes() -> None:

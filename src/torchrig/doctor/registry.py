@@ -63,7 +63,8 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "driver.cuda",
         "the driver supports the build's CUDA (toolkit minimum, minor-version compatibility; "
-        "on a Jetson, JetPack's CUDA)",
+        "on a Jetson, JetPack's CUDA; for a CUDA outside the driver table, the highest CUDA "
+        "the driver itself reports)",
         driver.check_driver,
         facts=("torch.cuda", "driver.version", "driver.cuda_version", "gpus[].compute_capability"),
         sources=(DRIVERS, JETSON, RELEASES),

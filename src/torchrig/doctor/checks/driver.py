@@ -97,25 +97,56 @@ def check_driver(ctx: CheckContext) -> list[CheckResult]:
         alternative = suggest_build(ctx)
         fix = f"{upgrade}; or keep the driver and install {alternative}" if alternative else upgrade
         return [result("driver.cuda", "fail", support.message, fix)]
-    # unknown to the knowledge base: fall back on what the driver itself reports
-    driver_cuda = snap.driver.cuda_version if snap.driver else None
-    if driver_cuda is not None:
-        try:
-            too_old = compat.parse_cc(driver_cuda)[0] < compat.parse_cc(cuda)[0]
-        except UnknownVersionError:
-            too_old = False
-        if too_old:
-            return [
-                result(
-                    "driver.cuda",
-                    "fail",
-                    f"driver {driver} supports CUDA {driver_cuda}, older than the build's "
-                    f"CUDA {cuda} major ({support.message})",
-                    "upgrade the driver or install a torch build for CUDA "
-                    f"{driver_cuda.split('.')[0]}.x",
-                )
-            ]
-    return [result("driver.cuda", "warn", support.message, support.fix)]
+    # unknown to the knowledge base (an older or newer CUDA than its table): the driver's
+    # own report, the highest CUDA it runs (NVML's cudaDriverGetVersion), decides instead
+    return [_by_reported_cuda(snap, cuda, driver, support)]
+
+
+def _by_reported_cuda(
+    snap: Snapshot, cuda: str, driver: str, support: compat.DriverSupport
+) -> CheckResult:
+    reported = snap.driver.cuda_version if snap.driver is not None else None
+    try:
+        have = parse_cuda(reported) if reported else None
+    except UnknownVersionError:
+        have = None
+    need = parse_cuda(cuda)
+    rests = f"CUDA {cuda} has no row in torchrig's driver table: this rests on the driver's report"
+    if have is None:
+        return result(
+            "driver.cuda",
+            "warn",
+            f"{support.message}, and the driver does not report which CUDA it supports",
+            f"check driver {driver} against CUDA {cuda}'s minimum in NVIDIA's CUDA Toolkit "
+            "Release Notes (Table 3), or run the doctor where NVML answers (nvidia-smi shows "
+            "the driver's 'CUDA Version')",
+        )
+    if have >= need:
+        return result(
+            "driver.cuda",
+            "ok",
+            f"driver {driver} supports CUDA {reported}, which covers the build's CUDA {cuda} "
+            f"({rests})",
+        )
+    if have[0] < need[0]:
+        return result(
+            "driver.cuda",
+            "fail",
+            f"driver {driver} supports CUDA {reported}, an older major than the build's CUDA "
+            f"{cuda}: CUDA calls fail with 'CUDA driver version is insufficient for CUDA "
+            f"runtime version' (error 35) ({rests})",
+            f"upgrade the driver to one that supports CUDA {cuda}, or install a torch build "
+            f"for CUDA {have[0]}.x",
+        )
+    floor = f" (the CUDA {need[0]}.x floor is {support.floor})" if support.floor else ""
+    return result(
+        "driver.cuda",
+        "warn",
+        f"driver {driver} supports CUDA {reported}, older than the build's CUDA {cuda} of the "
+        f"same major: it runs only under minor-version compatibility{floor}, without PTX JIT "
+        f"from the newer toolkit ({rests})",
+        f"upgrade the driver to one that supports CUDA {cuda} or newer",
+    )
 
 
 def check_gpu_support(ctx: CheckContext) -> list[CheckResult]:
