@@ -172,9 +172,18 @@ def test_gpu_given_by_cc() -> None:
 def test_unknown_torch_release_is_unknown() -> None:
     report = check(torch="3.1.0+cu130", gpu="H100")
     assert report.verdict == "unknown"
-    assert _by_topic(report, "torch").message == (
-        "unknown: torch 3.1 is not in the knowledge base (it knows 2.9–2.14)"
-    )
+    torch = _by_topic(report, "torch")
+    assert torch.message == "unknown: torch 3.1 is not in the knowledge base (it knows 2.9–2.14)"
+    assert torch.fix is not None
+    assert "torchrig doctor" in torch.fix
+
+
+def test_unknown_cuda_says_where_to_compare_the_driver() -> None:
+    report = check(torch="2.5.1+cu118", gpu="H100", driver="535.183.01")
+    driver = _by_topic(report, "driver")
+    assert driver.status == "unknown"
+    assert driver.fix is not None
+    assert "CUDA 11.8's minimum" in driver.fix
 
 
 def test_unknown_gpu_is_unknown_and_lists_the_known_ones() -> None:
@@ -183,6 +192,17 @@ def test_unknown_gpu_is_unknown_and_lists_the_known_ones() -> None:
     gpu = _by_topic(report, "gpu")
     assert gpu.message.startswith("unknown GPU 'Foo'; known GPUs: ")
     assert "H100" in gpu.message
+    assert gpu.fix is not None
+    assert "--cc" in gpu.fix
+
+
+def test_a_partial_gpu_name_offers_the_models_it_could_mean() -> None:
+    gpu = _by_topic(check(torch="2.9.1+cu126", gpu="RTX PRO 6000"), "gpu")
+    assert gpu.status == "unknown"
+    assert gpu.message == (
+        "unknown GPU 'RTX PRO 6000'; did you mean RTX PRO 6000 Blackwell, "
+        "RTX PRO 6000 Blackwell Server Edition?"
+    )
 
 
 def test_unknown_variant_is_unknown() -> None:

@@ -114,8 +114,7 @@ def gpu_command(name: str, driver: str | None, as_json: bool) -> None:
     kb = load_kb()
     model = kb.gpu(name)
     if model is None:
-        known = ", ".join(gpu.name for gpu in kb.gpus)
-        message = f"unknown GPU {name!r}; known GPUs: {known}"
+        message = kb.unknown_gpu_text(name)
         if as_json:
             emit_json({"gpu": None, "builds": [], "message": message})
         else:

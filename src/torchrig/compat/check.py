@@ -32,6 +32,12 @@ _DRIVER_VERDICT: dict[DriverStatus, Verdict] = {
 }
 
 
+GIVE_CC = (
+    "name a known GPU, or give its compute capability with --cc (nvidia-smi "
+    "--query-gpu=name,compute_cap --format=csv prints it)"
+)
+
+
 class _Target:
     """The GPU being judged: a display label and its compute capability."""
 
@@ -56,8 +62,7 @@ def _resolve_gpu(
     model = kb.gpu(gpu) if gpu is not None else None
     if gpu is not None and model is None:
         if given_cc is None:
-            names = ", ".join(g.name for g in kb.gpus)
-            findings.append(Finding("unknown", "gpu", f"unknown GPU {gpu!r}; known GPUs: {names}"))
+            findings.append(Finding("unknown", "gpu", kb.unknown_gpu_text(gpu), GIVE_CC))
             return None
         findings.append(
             Finding(
@@ -148,6 +153,8 @@ def _check_torch(
                 "torch",
                 f"unknown: torch {build.release} is not in the knowledge base "
                 f"(it knows {kb.known_releases_text()})",
+                "on the machine itself, `torchrig doctor` judges any torch build from what it "
+                "reports (its architecture list, its CUDA, the driver's CUDA)",
             )
         )
         return None

@@ -216,6 +216,26 @@ class KnowledgeBase:
                 return gpu
         return None
 
+    def similar_gpus(self, name: str) -> list[GpuModel]:
+        """Known models whose names share the words of `name` ('RTX PRO 6000' -> both RTX
+        PRO 6000 Blackwell editions), for a name `gpu` does not resolve."""
+        words = set(_normalize_gpu_name(name))
+        if not words:
+            return []
+        found: dict[str, GpuModel] = {}
+        for key, gpu in self._gpu_keys:
+            if words <= set(key):
+                found.setdefault(gpu.name, gpu)
+        return list(found.values())
+
+    def unknown_gpu_text(self, name: str) -> str:
+        """What to say of a GPU name `gpu` does not resolve: the models it could mean,
+        else every known one."""
+        similar = self.similar_gpus(name)
+        if similar:
+            return f"unknown GPU {name!r}; did you mean {', '.join(g.name for g in similar)}?"
+        return f"unknown GPU {name!r}; known GPUs: {', '.join(g.name for g in self.gpus)}"
+
     def gpus_with_cc(self, cc: tuple[int, int]) -> list[GpuModel]:
         """The known GPU models of compute capability `cc`."""
         return [gpu for gpu in self.gpus if split_arch(gpu.compute_capability)[0] == cc]

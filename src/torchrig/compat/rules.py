@@ -188,7 +188,9 @@ def driver_support(cuda: str, driver: str) -> DriverSupport:
             min_driver=None,
             floor=floor,
             message=f"unknown: CUDA {cuda} is not in the knowledge base (it knows {known})",
-            fix=None,
+            fix=f"check driver {driver} against CUDA {cuda}'s minimum in NVIDIA's CUDA Toolkit "
+            "Release Notes (Table 3); on the machine, `torchrig doctor` compares it with the "
+            "CUDA the driver reports",
         )
     if compare_driver(driver, req.min_driver) >= 0:
         return DriverSupport(
