@@ -45,6 +45,19 @@ def test_rocm_wheel_without_nvidia_gpus_is_fine() -> None:
     assert one(diagnose(snap), "torch.build").status == "ok"
 
 
+def test_an_amd_node_is_not_called_cpu_only() -> None:
+    """A ROCm build that sees AMD GPUs (no NVIDIA GPU, no driver): gpu.visible counts them,
+    says the NVIDIA checks do not apply, and --require-gpu is met."""
+    amd = {"hip": "6.4.43482", "cuda_available": True, "device_count": 8}
+    snap = node(torch="2.13.0+cpu", gpu=None, driver=None, torch_extra=amd)
+    for require_gpu in (False, True):
+        visible = one(diagnose(snap, require_gpu=require_gpu), "gpu.visible")
+        assert visible.status == "ok"
+        assert visible.message.startswith("8 GPU(s) through ROCm (HIP 6.4.43482)")
+    idle = node(torch="2.13.0+cpu", gpu=None, driver=None, torch_extra={"hip": "6.4.43482"})
+    assert one(diagnose(idle, require_gpu=True), "gpu.visible").status == "fail"
+
+
 def test_driver_upgraded_without_reboot_names_the_reboot() -> None:
     report = diagnose(load("driver-upgraded-without-reboot.json"))
     match = one(report, "driver.userspace_match")

@@ -37,6 +37,17 @@ def check_gpu_visible(ctx: CheckContext) -> list[CheckResult]:
         return [
             result("gpu.visible", "ok", f"{len(snap.gpus)} GPU(s): {gpu_models_text(snap.gpus)}")
         ]
+    torch = snap.torch
+    if torch is not None and torch.hip and torch.cuda_available and torch.device_count:
+        # AMD GPUs through a ROCm build: not a CPU-only machine, though no NVIDIA check applies
+        return [
+            result(
+                "gpu.visible",
+                "ok",
+                f"{torch.device_count} GPU(s) through ROCm (HIP {torch.hip}); the NVIDIA "
+                "checks (driver, architectures, NVML, MIG) do not apply to them",
+            )
+        ]
     mismatch = mismatch_text(snap)
     if mismatch is not None:
         return [
