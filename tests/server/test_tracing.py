@@ -86,6 +86,44 @@ def test_the_callers_trace_is_continued(server_url: str) -> None:
             assert started.group(1) not in (TRACE, "0" * 32)
 
 
+def test_a_unary_grpc_call_gets_its_trace_context_in_the_trailers(tmp_path: Path) -> None:
+    """As REST answers carry `traceparent` in their headers, ModelInfer answers carry it in
+    their trailing metadata: the caller's trace continued in the server's span (with the
+    caller's `tracestate`), or a new trace; errors too, beside their own trailers."""
+    import grpc
+
+    from torchrig.server.grpc.generated import grpc_service_pb2 as pb
+    from torchrig.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+
+    pack_faulty(tmp_path / "models", "m", 1)
+    with (
+        running(tmp_path / "models", ServeSettings(port=0, log_format="text")) as (_, state),
+        grpc.insecure_channel(state.grpc_address) as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="m")
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+        tensor.contents.fp32_contents.extend([1.0, 0.0])
+        given = (("traceparent", f"00-{TRACE}-{PARENT}-01"), ("tracestate", "acme=7"))
+        _, call = stub.ModelInfer.with_call(request, metadata=given, timeout=30)
+        trailers = dict(call.trailing_metadata())
+        match = TRACEPARENT.match(trailers["traceparent"])
+        assert match is not None
+        assert (match.group(1), match.group(3)) == (TRACE, "01")
+        assert match.group(2) != PARENT
+        assert trailers["tracestate"] == "acme=7"
+        _, fresh = stub.ModelInfer.with_call(request, timeout=30)
+        started = TRACEPARENT.match(dict(fresh.trailing_metadata())["traceparent"])
+        assert started is not None
+        assert started.group(1) != TRACE
+        missing = pb.ModelInferRequest(model_name="nosuch")
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.ModelInfer(missing, metadata=given, timeout=30)
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        error_trailers = dict(failed.value.trailing_metadata())
+        assert TRACE in error_trailers["traceparent"]
+
+
 def test_an_access_line_per_request_joins_request_and_trace(
     server_url: str, access_lines: Collected
 ) -> None:

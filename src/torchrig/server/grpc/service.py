@@ -83,7 +83,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await work()
         except TorchrigError as exc:
-            await context.abort(code_of(exc), exc.message, trailing_metadata=trailers_of(exc))
+            # what the call already set (its trace context) goes with the error's own
+            trailers = (*(context.trailing_metadata() or ()), *trailers_of(exc))
+            await context.abort(code_of(exc), exc.message, trailing_metadata=trailers)
         except Exception:  # request boundary: a status, never a stack trace to the client
             log.exception("internal error in a gRPC call")
             await context.abort(
@@ -216,7 +218,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         peer = PeerAccess(self.state.shared_memory, self.peer_uid, context)
         return peer.read, peer.write
 
-    async def infer(
+    async def infer(  # noqa: PLR0915 - one request's whole path, timed stage by stage
         self,
         request: pb.ModelInferRequest,
         time_remaining: float | None,
@@ -236,6 +238,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             root_ratio=state.trace_settings.root_ratio(model),
         )
         timeline = tracing.begin(trace)  # stage marks for the access line and spans
+        if call is not None:  # a unary call: its trace context goes back in the trailers,
+            # as HTTP answers carry it in their headers (a stream's messages have one each)
+            context.set_trailing_metadata(trace_trailers(trace))
         state.metrics.request_started(model)
         outcome, status = "error", 500
         response: pb.ModelInferResponse | None = None
@@ -459,6 +464,14 @@ def _metadata(context: Context) -> dict[str, str]:
         key: value if isinstance(value, str) else value.decode("latin-1")
         for key, value in (context.invocation_metadata() or ())
     }
+
+
+def trace_trailers(trace: TraceContext) -> tuple[tuple[str, str], ...]:
+    """A unary call's trace context as trailing metadata: `traceparent` (the server's span
+    in the caller's trace, or a new trace) and the caller's `tracestate`, unchanged."""
+    if trace.tracestate:
+        return (("traceparent", trace.traceparent()), ("tracestate", trace.tracestate))
+    return (("traceparent", trace.traceparent()),)
 
 
 def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
