@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -72,11 +73,15 @@ def test_other_variant_leaves_cuda_packages_to_torchs_exact_pins() -> None:
     assert "setuptools" not in pins  # torch needs setuptools only from Python 3.12
 
 
-def test_unreachable_index_is_reported_not_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("pip_retries", ["1", "0"])
+def test_unreachable_index_is_reported_not_resolved(
+    monkeypatch: pytest.MonkeyPatch, pip_retries: str
+) -> None:
     # one refused connection says it: not uv's 3 and pip's 5 retries with back-off (20 s).
-    # pip keeps 1, since it reports a refused connection only in its retry warning
+    # With retries left pip warns of the refused connection; with none (PIP_RETRIES=0) it
+    # says only "from versions: none", and its verbose rerun tells the two apart
     monkeypatch.setenv("UV_HTTP_RETRIES", "0")
-    monkeypatch.setenv("PIP_RETRIES", "1")
+    monkeypatch.setenv("PIP_RETRIES", pip_retries)
     spec = resolve_spec(torch="2.9.1", cuda="12.8")
     with pytest.raises(IndexUnreachableError, match="package index is unreachable"):
         resolve(spec, index_url=UNREACHABLE)
@@ -84,6 +89,19 @@ def test_unreachable_index_is_reported_not_resolved(monkeypatch: pytest.MonkeyPa
     same_python = resolve_spec(torch="2.9.1", cuda="12.8", python=running)
     with pytest.raises(IndexUnreachableError, match="pip install --dry-run"):
         resolve(same_python, index_url=UNREACHABLE, resolver="pip")
+
+
+def test_an_index_without_the_package_is_not_called_unreachable(tmp_path: Path) -> None:
+    """The other "from versions: none": a reachable index (here an empty local one) that
+    lacks the package does not resolve; it is not reported as unreachable."""
+    index = tmp_path / "simple"
+    index.mkdir()
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    spec = resolve_spec(torch="2.9.1", cuda="12.8", python=running)
+    with pytest.raises(UsageError, match="does not resolve") as refused:
+        resolve(spec, index_url=index.as_uri(), resolver="pip")
+    assert not isinstance(refused.value, IndexUnreachableError)
+    assert "from versions: none" in refused.value.message
 
 
 def test_pip_cannot_lock_for_another_python() -> None:

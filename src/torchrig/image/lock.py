@@ -127,8 +127,10 @@ def _is_variant_specific(name: str) -> bool:
     return name.startswith(_VARIANT_FAMILIES)
 
 
-def _raise_failure(tool: str, output: str) -> None:
-    lowered = output.lower()
+def _raise_failure(tool: str, output: str, evidence: str = "") -> None:
+    """A UsageError naming the failure from the tail of `output`; IndexUnreachableError
+    when it (or `evidence`, a verbose rerun's output) shows the index was not reached."""
+    lowered = (output + evidence).lower()
     tail = " ".join(output.strip().splitlines()[-3:])[:400]
     if any(marker in lowered for marker in _UNREACHABLE):
         raise IndexUnreachableError(
@@ -173,7 +175,17 @@ def _resolve_pip(reqs: list[str], python: str, index_url: str | None) -> dict[st
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env,
                               check=False)  # fmt: skip
         if proc.returncode != 0:
-            _raise_failure("pip install --dry-run", proc.stderr + proc.stdout)
+            output = proc.stderr + proc.stdout
+            evidence = ""
+            if "(from versions: none)" in output:
+                # no version at all: a package the index lacks, or an index pip could not
+                # reach and, with no retries left to warn about (PIP_RETRIES=0), says
+                # nothing of under --quiet; its debug log tells which
+                verbose = [("-vv" if arg == "--quiet" else arg) for arg in argv]
+                rerun = subprocess.run(verbose, capture_output=True, text=True, timeout=600,
+                                       env=env, check=False)  # fmt: skip
+                evidence = rerun.stderr + rerun.stdout
+            _raise_failure("pip install --dry-run", output, evidence)
         data = json.loads(report.read_text(encoding="utf-8"))
     return {
         canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
