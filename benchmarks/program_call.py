@@ -8,11 +8,13 @@ module as served before traces (torch.export's unlifted module, per-call guards 
   eager            the nn.Module itself (not what the server runs: a reference)
   exported         ExportedProgram.module(): pytree + guards + 15 aten ops through Python
   exported-unchecked  the same without the per-call guards (what `load_program` serves)
-  traced           torch.jit.trace of the unchecked module (what `Program.trace` serves)
-  traced-frozen    the same after torch.jit.freeze (weights folded in as constants)
+  traced           torch.jit.trace of the unchecked module
+  traced-frozen    the same after torch.jit.freeze (weights folded in as constants; what
+                   `Program.trace` serves when it matches exactly)
 Every way's answers are compared with the exported module's before timing.
 
-Run: `python benchmarks/program_call.py [--rows 1] [--calls 2000] [--samples 7]`
+Run: `python benchmarks/program_call.py [--rows 1] [--calls 2000] [--samples 7] [--cold-kb 1024]`
+(`--cold-kb`: the caches as a server's request path leaves them between model calls).
 """
 
 from __future__ import annotations
@@ -30,11 +32,23 @@ from typing import Any
 import torch
 
 
-def per_call_us(call: Callable[[], Any], calls: int) -> float:
-    started = time.thread_time()
+def per_call_us(call: Callable[[], Any], calls: int, cold: bytearray | None = None) -> float:
+    """CPU µs per call; with `cold`, a buffer written through (one byte per cache line)
+    before every call, untimed, as a server's request path evicts the model between
+    requests."""
+    if cold is None:
+        started = time.thread_time()
+        for _ in range(calls):
+            call()
+        return (time.thread_time() - started) / calls * 1e6
+    spent = 0
     for _ in range(calls):
+        for offset in range(0, len(cold), 64):
+            cold[offset] ^= 1
+        begun = time.thread_time_ns()
         call()
-    return (time.thread_time() - started) / calls * 1e6
+        spent += time.thread_time_ns() - begun
+    return spent / calls / 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1, help="rows per call (batch size)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per sample")
     parser.add_argument("--samples", type=int, default=7, help="samples per way (median)")
+    parser.add_argument(
+        "--cold-kb",
+        type=int,
+        default=0,
+        help="write through this many KiB before each call (untimed): the model's caches "
+        "as a request path leaves them (the server's case; e.g. 1024)",
+    )
     args = parser.parse_args(argv)
+    cold = bytearray(args.cold_kb * 1024) if args.cold_kb > 0 else None
     warnings.simplefilter("ignore")  # TorchScript's deprecation notices
     torch.set_num_threads(1)
     from torchrig.demo import DemoRanker, build_demo_repository
@@ -58,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         traced = torch.jit.trace(unchecked, DemoRanker.example_inputs(8), check_trace=False)
         frozen = torch.jit.freeze(
-            torch.jit.trace(unchecked, DemoRanker.example_inputs(8), check_trace=False).eval()
+            torch.jit.trace(unchecked, DemoRanker.example_inputs(8), check_trace=False).eval(),
+            optimize_numerics=False,  # as packaging/traced.py freezes
         )
         eager = DemoRanker().eval()
         ways: dict[str, Callable[[], Any]] = {
@@ -77,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.samples):
             for name, call in ways.items():
-                samples[name].append(per_call_us(call, args.calls))
+                samples[name].append(per_call_us(call, args.calls, cold))
     base = statistics.median(samples["exported-unchecked"])
-    print(f"\ntorch {torch.__version__}, {args.rows} row(s) per call, 1 thread, CPU time")
+    caches = f", {args.cold_kb} KiB written between calls" if cold is not None else ""
+    print(f"\ntorch {torch.__version__}, {args.rows} row(s) per call, 1 thread, CPU time{caches}")
     print(f"{'way':>19}  µs/call (median of {args.samples})  vs exported-unchecked")
     for name, values in samples.items():
         median = statistics.median(values)

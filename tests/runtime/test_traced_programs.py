@@ -90,6 +90,8 @@ def _exported(repo: Path, name: str) -> Any:
 def test_a_traced_program_answers_exactly_as_the_exported_program(repo: Path) -> None:
     executor = _executor(repo, "scorer")
     assert executor.program.traced
+    # frozen: the weights are constants of its graph, no longer parameters it loads
+    assert not list(executor.program.module.traced.parameters())
     exported = _exported(repo, "scorer")
     with torch.inference_mode():
         # warm-up sizes, golden sizes and others, each with its own values
