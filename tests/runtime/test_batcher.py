@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from doubles import Doubler, rows, until_async
-from torchrig.errors import DeadlineExceeded, InputRejected, QueueFull
+from torchrig.errors import DeadlineExceeded, InputRejected, QueueFull, RepositoryError
 from torchrig.repository.config import BatchingConfig
 from torchrig.runtime.batch_requests import ClientGone, client_gone
 from torchrig.runtime.batcher import Batcher, BatchRecord
@@ -325,3 +325,23 @@ def test_each_worker_runs_batches_on_its_own_thread_count() -> None:
         two.close()
     assert counts == [1] + [2] * 8
     assert torch.get_num_threads() == before  # the calling thread keeps its own
+
+
+def test_workers_that_cannot_start_fail_the_batcher_with_the_fix() -> None:
+    """A process out of threads (here: a stack no thread can get) refuses the batcher with
+    the reason and the fix, rather than raising out of the server's startup; once threads
+    can start again, a batcher serves."""
+    previous = threading.stack_size(1 << 40)  # 1 TiB a thread: no mapping that large
+    try:
+        with pytest.raises(RepositoryError) as refused:
+            Batcher(Doubler(), BatchingConfig(max_batch_size=4), instances=3, name="m/1")
+    finally:
+        threading.stack_size(previous)
+    assert "model m/1: could not start its 3 worker threads" in refused.value.message
+    assert "lower instances in its config.toml" in refused.value.message
+    batcher = Batcher(Doubler(), BatchingConfig(max_batch_size=4), instances=3, name="m/1")
+    try:
+        out = asyncio.run(batcher.infer(rows(1, 1), rows=1))
+    finally:
+        batcher.close()
+    assert torch.equal(out["y"].reshape(-1), torch.tensor([2.0]))

@@ -26,6 +26,12 @@ DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _STEP_PATH = re.compile(r"\$\.(?P<section>preprocess|postprocess)\[(?P<index>\d+)\]")
 
 
+# bounds a config.toml is checked against before any thread is started (more fails the load
+# of that model with the reason, not the server)
+MAX_INSTANCES = 256
+MAX_THREADS = 1024
+
+
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
@@ -162,10 +168,13 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
         )
     if config.devices and config.device != "auto":
         problems.append("set device or devices, not both (devices lists every replica)")
-    if config.instances < 1:
-        problems.append("instances must be >= 1")
-    if config.threads is not None and config.threads < 1:
-        problems.append("threads must be >= 1 (or left out for the default)")
+    if not 1 <= config.instances <= MAX_INSTANCES:
+        problems.append(
+            f"instances must be 1..{MAX_INSTANCES} (each is a worker thread per replica, "
+            "and on a GPU a CUDA stream)"
+        )
+    if config.threads is not None and not 1 <= config.threads <= MAX_THREADS:
+        problems.append(f"threads must be 1..{MAX_THREADS} (or left out for the default)")
     if config.memory_budget is not None:
         try:
             parse_memory_budget(config.memory_budget)

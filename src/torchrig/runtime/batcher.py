@@ -57,6 +57,7 @@ from torchrig.errors import (
     InputRejected,
     InsufficientMemory,
     QueueFull,
+    RepositoryError,
     TorchrigError,
 )
 from torchrig.repository.config import BatchingConfig
@@ -170,8 +171,26 @@ class Batcher:
             threading.Thread(target=self._work, name=f"torchrig-{name}-{i}", daemon=True)
             for i in range(0 if inline else max(1, instances))
         ]
+        try:
+            for thread in self._threads:
+                thread.start()
+        except RuntimeError as exc:  # the process is out of threads: fail this model only
+            wanted = len(self._threads)
+            self._stop_started()
+            raise RepositoryError(
+                f"model {name}: could not start its {wanted} worker threads "
+                f"({exc}); lower instances in its config.toml"
+            ) from None
+
+    def _stop_started(self) -> None:
+        """Stop and join the worker threads that did start (a failed construction)."""
+        with self._lock:
+            self._stopping = True
+            self._cond.notify_all()
         for thread in self._threads:
-            thread.start()
+            if thread.ident is not None:
+                thread.join()
+        self._threads = []
 
     # ---- the event-loop side -------------------------------------------------------------
 

@@ -201,11 +201,46 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
         served.state, served.reason = "failed", "the executor did not load"
         return
     served.warnings = list(executor.warnings)
+    engine = replicas if served.steps is None else WithSteps(replicas, served.steps)
+    try:
+        served.batcher = _batcher(
+            served, version, ctx, executor=executor, replicas=replicas, engine=engine
+        )
+    except TorchrigError as exc:  # e.g. no threads left for its workers: this version only
+        served.state, served.reason = "failed", exc.message
+        log.error("%s failed to load: %s", where, exc.message)
+        await asyncio.to_thread(replicas.unload)
+        served.executor = served.replicas = None
+        if served.local_dir is not None:
+            ctx.repository.release_local_dir(served.local_dir)
+        return
+    if served.batcher.inline:
+        log.info(
+            "%s runs its batches on the event loop: its largest batch took %.3f ms "
+            "(batching.inline_max_ms %.3g)",
+            where,
+            (executor.batch_time_s or 0.0) * 1000,
+            served.config.batching.inline_max_ms,
+        )
+    served.state = "ready"
+    for warning in served.warnings:
+        log.warning("%s: %s", where, warning)
+
+
+def _batcher(
+    served: ServedVersion,
+    version: VersionInfo,
+    ctx: LoadContext,
+    *,
+    executor: Executor,
+    replicas: ReplicaSet,
+    engine: ReplicaSet | WithSteps,
+) -> Batcher:
+    """The version's batcher over its loaded replicas (and steps)."""
+    manifest = version.manifest
     observer = None
     if ctx.observer is not None:
         observer = ctx.observer(version.model, str(version.version))
-    manifest = version.manifest
-    engine = replicas if served.steps is None else WithSteps(replicas, served.steps)
 
     def device_fault(exc: BaseException) -> None:
         # a poisoned replica was taken out (ReplicaSet) and reported; the version still
@@ -222,7 +257,7 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
     padding = (
         padding_for(manifest, served.config, served.warnings) if served.steps is None else None
     )
-    served.batcher = Batcher(
+    return Batcher(
         engine,
         served.config.batching,
         instances=served.config.instances * len(replicas),
@@ -246,17 +281,6 @@ async def load_version(served: ServedVersion, version: VersionInfo, ctx: LoadCon
             and all(-1 not in spec.shape[1:] for spec in manifest.inputs)
         ),
     )
-    if served.batcher.inline:
-        log.info(
-            "%s runs its batches on the event loop: its largest batch took %.3f ms "
-            "(batching.inline_max_ms %.3g)",
-            where,
-            (executor.batch_time_s or 0.0) * 1000,
-            served.config.batching.inline_max_ms,
-        )
-    served.state = "ready"
-    for warning in served.warnings:
-        log.warning("%s: %s", where, warning)
 
 
 async def release_version(
