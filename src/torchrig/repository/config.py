@@ -26,8 +26,8 @@ DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _STEP_PATH = re.compile(r"\$\.(?P<section>preprocess|postprocess)\[(?P<index>\d+)\]")
 
 
-# bounds a config.toml is checked against before any thread is started (more fails the load
-# of that model with the reason, not the server)
+# beyond these a config.toml is refused with the reason before any of its worker threads
+# (instances per replica) or torch threads (threads per worker) would start
 MAX_INSTANCES = 256
 MAX_THREADS = 1024
 
