@@ -244,6 +244,100 @@ def test_a_head_request_gets_its_head_and_the_next_request_its_answer(hardened: 
     assert rest.endswith(b'{"live":true}'), rest
 
 
+UPGRADES = {
+    "websocket": b"upgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"sec-websocket-version: 13\r\nconnection: upgrade\r\n",
+    # what a JDK HttpClient sends on every request to a cleartext URL
+    "h2c": b"upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n"
+    b"connection: Upgrade, HTTP2-Settings\r\n",
+}
+
+
+def chunked(body: bytes) -> bytes:
+    half = len(body) // 2
+    return b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, body[:half], len(body) - half, body[half:])
+
+
+def answers(received: bytes) -> list[tuple[bytes, dict[str, Any]]]:
+    """The status lines and JSON bodies of the responses on one connection, in order."""
+    found = []
+    while received:
+        head, _, rest = received.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        found.append((head.split(b"\r\n")[0], json.loads(rest[:length])))
+        received = rest[length:]
+    return found
+
+
+@pytest.mark.parametrize("offer", UPGRADES)
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "body-later"])
+def test_an_upgrade_offer_is_served_as_plain_http_with_its_body(
+    hardened: str, offer: str, framing: str, split: bool
+) -> None:
+    """No WebSocket or HTTP/2 endpoint: a request that offers an upgrade is answered as the
+    HTTP/1.1 request it also is, its whole body read (RFC 9110 §7.8), and the connection
+    goes on with the next request. httptools skips the body of such a request: uvicorn
+    answered the WebSocket offer with a 500 and gave the application an empty body."""
+    if framing == "chunked":
+        framed = b"transfer-encoding: chunked\r\n\r\n", chunked(GOOD)
+    else:
+        framed = b"content-length: %d\r\n\r\n" % len(GOOD), GOOD
+    expect = b"expect: 100-continue\r\n" if split else b""
+    head = b"POST /v2/models/ranker/infer HTTP/1.1\r\nhost: t\r\n" + UPGRADES[offer] + expect
+    head += framed[0]
+    after = b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    parts = urlsplit(hardened)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        if split:  # the head alone; once the application asks for the body, the rest
+            sock.sendall(head)
+            interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+            assert sock.recv(len(interim), socket.MSG_WAITALL) == interim
+            sock.sendall(framed[1] + after)
+        else:
+            sock.sendall(head + framed[1] + after)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    (infer_status, infer), (live_status, live) = answers(received)
+    assert infer_status.startswith(b"HTTP/1.1 200 "), received[:400]
+    assert infer["outputs"][0]["name"] == "probability"
+    assert live_status.startswith(b"HTTP/1.1 200 ")
+    assert live == {"live": True}
+    still_serves(hardened)
+
+
+def test_connect_is_a_405_not_a_tunnel(hardened: str) -> None:
+    answer = raw(hardened, b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+    ((status, body),) = answers(answer)
+    assert status.startswith(b"HTTP/1.1 405 "), answer[:300]
+    assert "not a proxy" in body["error"]
+    still_serves(hardened)
+
+
+@pytest.mark.parametrize(
+    ("sent", "finding"),
+    [
+        (b"GET /v2 HTTP/1.1\r\nhost: t\r\nx-a: a\x01b\r\n\r\n", "header value"),
+        (b"POST /v2/models/ranker/infer HTTP/1.1\r\ncontent-length: -1\r\n\r\n", "Content-Length"),
+        (
+            b"POST /v2/models/ranker/infer HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            "chunk",
+        ),
+        (b"BREW /v2 HTTP/1.1\r\nhost: t\r\n\r\n", "method"),
+    ],
+    ids=["control-char", "negative-length", "chunk-size", "method"],
+)
+def test_a_request_that_is_not_http_is_a_400_with_a_v2_body(
+    hardened: str, sent: bytes, finding: str
+) -> None:
+    ((status, body),) = answers(raw(hardened, sent))
+    assert status.startswith(b"HTTP/1.1 400 ")
+    assert "not valid HTTP/1.1" in body["error"]
+    assert finding.lower() in body["error"].lower()
+    still_serves(hardened)
+
+
 def test_expect_100_continue_is_answered_before_the_body_is_sent(hardened: str) -> None:
     parts = urlsplit(hardened)
     body = GOOD

@@ -130,6 +130,22 @@ def test_uvicorn_logs_go_through_the_same_handler_once() -> None:
     ]
 
 
+def test_uvicorns_advice_to_install_a_websocket_library_is_dropped() -> None:
+    """torchrig turns uvicorn's WebSockets off (no such endpoint); uvicorn's h11 protocol
+    still advises installing a WebSocket library on each upgrade offer, which would be
+    false and at a client's will. Its own warning stays."""
+    out = io.StringIO()
+    configure_logging("text", stream=out)
+    uvicorn = logging.getLogger("uvicorn.error")
+    uvicorn.warning("Unsupported upgrade request.")
+    uvicorn.warning("No supported WebSocket library detected. Please use ...")
+    logging.getLogger("torchrig").warning("No supported WebSocket library, says torchrig")
+    text = out.getvalue()
+    assert "Unsupported upgrade request." in text
+    assert "No supported WebSocket library detected" not in text
+    assert "says torchrig" in text
+
+
 def test_text_format_is_for_people() -> None:
     out = io.StringIO()
     configure_logging("text", stream=out)

@@ -12,11 +12,21 @@ the limit plus one read of head bytes; the deadlines are timestamps that one tim
 event loop sweeps every 0.25 s (a timer armed and cancelled per request cost ~20 % of the
 server's requests/s). Without httptools, uvicorn's h11 protocol runs with
 h11's own bound on the head (`h11_max_incomplete_event_size`).
+
+Two more departures from uvicorn's httptools protocol. A request that offers an upgrade
+(`Upgrade: h2c`, which every JDK HttpClient sends on a cleartext URL, or `websocket`) is
+served as the HTTP/1.1 request it also is, body included, as RFC 9110 §7.8 allows:
+httptools stops at such a head and skips its body, so the head is fed again, without
+its Upgrade field, to a fresh parser, followed by the bytes after it (uvicorn gave the
+application an empty body: a 400 "0 bytes but its Content-Length is N"). And a request
+httptools cannot parse gets a 400 whose JSON error body names the parser's finding,
+not a plain-text "Invalid HTTP request received.".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +66,7 @@ SWEEP_INTERVAL_S = 0.25  # how often the deadlines of open connections are check
 def protocol_class(limits: HttpLimits) -> Any:
     """The uvicorn `http=` protocol class enforcing `limits` (None: uvicorn's own h11)."""
     try:  # httptools is uvicorn's fast parser (uvicorn[standard]); h11 is the fallback
+        import httptools
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # pragma: no cover - see the module docstring
         return None
@@ -90,6 +101,8 @@ def protocol_class(limits: HttpLimits) -> Any:
             self._refused = False
             self._deadline_at: float | None = None  # loop.time(); checked by `sweep`
             self._late = head_late
+            # the head of a request that offered an upgrade, until it is fed again
+            self._offered: bytes | None = None
 
         def _expire(self) -> None:
             self._deadline_at = None
@@ -113,6 +126,53 @@ def protocol_class(limits: HttpLimits) -> Any:
         def _too_large(self, what: str) -> None:
             self._refuse(431, "Request Header Fields Too Large", what)
 
+        def _feed(self, data: bytes) -> None:
+            """uvicorn's `data_received`, but for an upgrade offer and a parse error."""
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                self._decline_upgrade(data[exc.args[0] :])
+            except httptools.HttpParserError as exc:
+                self.logger.warning("Invalid HTTP request received: %s", exc)
+                self._refuse(
+                    400,
+                    "Bad Request",
+                    f"the request is not valid HTTP/1.1 ({exc}); send a request line, "
+                    "header fields and a body framed as RFC 9112 says",
+                )
+
+        def _plain_head(self) -> bytes:
+            """The head just parsed, without its Upgrade field (an upgrade offer)."""
+            version = self.parser.get_http_version().encode("ascii")
+            lines = [self.parser.get_method(), b" ", self.url, b" HTTP/", version, b"\r\n"]
+            for name, value in self.headers:
+                if name != b"upgrade":
+                    lines += [name, b": ", value, b"\r\n"]
+            lines.append(b"\r\n")
+            return b"".join(lines)
+
+        def _decline_upgrade(self, rest: bytes) -> None:
+            """httptools stopped after a head that offers an upgrade (`rest`: the bytes
+            after it): parse that head again without the offer, then what follows."""
+            head, self._offered = self._offered, None
+            # llhttp's upgrade is an Upgrade field with "upgrade" in Connection, or CONNECT:
+            # the head fed again has no Upgrade field, and CONNECT is refused here
+            if head is None or head.startswith(b"CONNECT "):
+                self._refuse(
+                    405,
+                    "Method Not Allowed",
+                    "CONNECT is not served: torchrig is not a proxy; send the V2 request "
+                    "itself (GET or POST)",
+                )
+                return
+            self.parser = httptools.HttpRequestParser(self)
+            with contextlib.suppress(AttributeError):  # httptools < 0.6.3 has none
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn
+            self._reading_head = True
+            self._head_bytes = 0  # the head was counted when it came
+            self._feed(head + rest)
+
         # ---- the protocol ------------------------------------------------------------------
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -131,7 +191,7 @@ def protocol_class(limits: HttpLimits) -> Any:
                     self._deadline_at = self.loop.time() + limits.header_timeout_s
                     self._late = head_late
                 self._head_bytes += len(data)
-            super().data_received(data)
+            self._feed(data)
             # a head still incomplete past the limit (it streams in): refused before the
             # parser has buffered more than the limit and one read
             if self._reading_head and self._head_bytes > limits.max_head_bytes:
@@ -162,6 +222,9 @@ def protocol_class(limits: HttpLimits) -> Any:
                     "(serve --max-header-kb)"
                 )
                 return
+            if self.parser.should_upgrade():  # served as plain HTTP: `_decline_upgrade`
+                self._offered = self._plain_head()
+                return
             self._deadline_at = self.loop.time() + limits.body_timeout_s
             self._late = body_late
             super().on_headers_complete()
@@ -171,7 +234,7 @@ def protocol_class(limits: HttpLimits) -> Any:
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
-            if self._refused:
+            if self._refused or self._offered is not None:  # (the body httptools skips)
                 return
             # the body is in; between requests uvicorn's keep-alive timeout applies, and
             # the head deadline starts again with the next request's first byte

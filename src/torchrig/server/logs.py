@@ -140,6 +140,17 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler `configure_logging` installed, so that a second call replaces it."""
 
 
+def _not_misleading(record: logging.LogRecord) -> bool:
+    """Drops uvicorn's advice to install a WebSocket library, which it logs on every
+    upgrade request (with no WebSocket endpoint, torchrig turns uvicorn's WebSockets off
+    and answers such a request as plain HTTP): true of no torchrig server, and a line a
+    client could have written at will. uvicorn's "Unsupported upgrade request." stays."""
+    return not (
+        record.name.startswith("uvicorn")
+        and str(record.msg).startswith("No supported WebSocket library")
+    )
+
+
 def configure_logging(
     fmt: Literal["json", "text"], level: str = "INFO", stream: TextIO | None = None
 ) -> None:
@@ -157,6 +168,7 @@ def configure_logging(
         )
     handler = _Handler(sys.stdout if stream is None else stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_not_misleading)
     for name in LOGGERS:
         logger = logging.getLogger(name)
         # ours from an earlier call; on uvicorn's loggers also its own, if it configured any

@@ -211,6 +211,10 @@ def make_server(state: ServerState, *, on_ready: Callable[[str], None] | None = 
         # (int() made 0.5 s "no timeout", so such a drain waited forever)
         timeout_graceful_shutdown=cast(int, settings.drain_timeout_s),
         server_header=False,
+        # no WebSocket endpoint: an upgrade request is answered as the plain HTTP request
+        # it also is (uvicorn's default hands it to the app as a handshake it would fail
+        # with a 500)
+        ws="none",
         # bounds the request line and headers when h11 parses (no httptools)
         h11_max_incomplete_event_size=int(settings.max_header_kb * 1024),
     )
