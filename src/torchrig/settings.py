@@ -136,7 +136,8 @@ class ServeSettings:
         default=10.0,
         metadata=_option(
             "How long a client may take to send a request's line and headers, counted from "
-            "its first byte or from connecting (408 and closed past it)."
+            "its first byte or from connecting (408 and closed past it); on the gRPC port, "
+            "to set up HTTP/2."
         ),
     )
     body_timeout_s: float = dataclasses.field(
@@ -148,7 +149,10 @@ class ServeSettings:
     )
     max_connections: int = dataclasses.field(
         default=1024,
-        metadata=_option("Open connections (or requests in flight) at most; 503 beyond."),
+        metadata=_option(
+            "Open connections (or requests in flight) at most, on each port; 503 beyond "
+            "(gRPC: the connection is closed, and calls past it are RESOURCE_EXHAUSTED)."
+        ),
     )
     request_timeout_s: float = dataclasses.field(
         default=30.0,

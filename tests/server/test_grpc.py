@@ -331,3 +331,55 @@ def test_a_taken_grpc_port_is_refused_before_models_load(demo_repo: Path, tmp_pa
         state = build_state(demo_repo, settings, cache_dir=tmp_path)
         with pytest.raises(ConfigError, match="--grpc-port"):
             make_server(state)
+
+
+def grpc_socket(address: str) -> socket.socket:
+    """A raw TCP connection to the gRPC port; whether the server took it shows at once:
+    it either sends its HTTP/2 SETTINGS frame or closes the connection."""
+    host, port = address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def taken(sock: socket.socket) -> bool:
+    """True if the server sent its SETTINGS (it took the connection), False if it closed."""
+    try:
+        return sock.recv(9) != b""  # an HTTP/2 frame header, or end of stream
+    except ConnectionResetError:
+        return False
+
+
+def test_idle_connections_cannot_use_up_the_grpc_port(demo_repo: Path) -> None:
+    """--max-connections bounds open gRPC connections too (one past it is closed as it
+    comes), and --header-timeout-s closes a connection that never sets up HTTP/2: idle
+    sockets cannot use up the process's open files and stop every port accepting."""
+    settings = ServeSettings(port=0, log_format="text", max_connections=2, header_timeout_s=60)
+    with running(demo_repo, settings) as (url, state):
+        idle = [grpc_socket(state.grpc_address) for _ in range(2)]
+        try:
+            assert all(taken(sock) for sock in idle)
+            with grpc_socket(state.grpc_address) as third:
+                assert not taken(third)
+            # the REST port is bounded on its own
+            assert httpx.get(f"{url}/v2/health/ready").json() == {"ready": True}
+        finally:
+            for sock in idle:
+                sock.close()
+
+        def serves() -> bool:
+            with grpc_socket(state.grpc_address) as sock:
+                return taken(sock)
+
+        until(serves, "a gRPC connection is taken once the idle ones closed")
+        client = tgrpc.InferenceServerClient(state.grpc_address)
+        assert client.is_server_ready()
+
+    settings = ServeSettings(port=0, log_format="text", header_timeout_s=0.5)
+    with running(demo_repo, settings) as (_, state):
+        with grpc_socket(state.grpc_address) as silent:
+            assert taken(silent)
+            # then nothing from the client: closed after 0.5 s (the socket's own 10 s
+            # timeout is the test's deadline)
+            while chunk := silent.recv(65536):
+                assert chunk  # the rest of SETTINGS, then a GOAWAY
+        client = tgrpc.InferenceServerClient(state.grpc_address)
+        assert client.is_server_ready()

@@ -123,9 +123,10 @@ def serve(repository: str | None, demo: bool, config: Path | None, **options: An
         raise UsageError("give a model repository (a path or an fsspec URL), or --demo.")
 
     from torchrig.server.logs import configure_logging
-    from torchrig.server.runner import build_state, make_server
+    from torchrig.server.runner import build_state, make_server, raise_open_files
 
     configure_logging(settings.log_format, settings.log_level.upper())  # type: ignore[arg-type]
+    raise_open_files(settings)  # before the workers start: they inherit it
     workdir: str | None = None
     if demo:
         from torchrig.demo import build_demo_repository

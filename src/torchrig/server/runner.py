@@ -140,6 +140,47 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+FILES_BESIDE_CONNECTIONS = 256  # model files, libraries, pipes, the listening sockets
+
+
+def raise_open_files(settings: ServeSettings) -> None:
+    """Raise this process's soft limit on open files to its hard limit (as Go's and the
+    JVM's runtimes do): container runtimes now often start processes at a soft 1,024,
+    below what --max-connections allows on the REST and gRPC ports together, and past
+    it neither port can accept. Warns when even the hard limit is below that."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # e.g. a hard limit above the kernel's nr_open
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+            target = soft
+        else:
+            log.info("open-files limit raised from %d to %d", soft, target)
+    else:
+        target = soft
+    sockets = settings.max_connections * (1 if settings.grpc_port < 0 else 2)
+    needed = sockets + FILES_BESIDE_CONNECTIONS
+    if target != resource.RLIM_INFINITY and target < needed:
+        log.warning(
+            "this process may open %d files, fewer than the %d that --max-connections %d "
+            "allows (with %d for models and libraries): a flood of connections could stop "
+            "the server accepting any; raise the container's nofile limit (docker run "
+            "--ulimit nofile=%d:%d) or lower --max-connections",
+            target,
+            needed,
+            settings.max_connections,
+            FILES_BESIDE_CONNECTIONS,
+            needed,
+            needed,
+        )
+
+
 def check_control(settings: ServeSettings) -> None:
     """Refuse an unknown control mode or a poll interval that is not positive."""
     if settings.control_mode not in CONTROL_MODES:

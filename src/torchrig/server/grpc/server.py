@@ -3,9 +3,12 @@
 `attach(state)` hooks a grpc.aio server into the REST server's lifespan: it starts once
 the models are loaded (as the REST port opens) and, on shutdown, stops taking calls and
 lets in-flight ones finish (up to --drain-timeout-s) before the models are released.
-Message size follows --max-body-mb (larger calls: RESOURCE_EXHAUSTED, from gRPC itself),
-concurrent calls --max-connections, and keepalive keeps idle connections from being
-silently dropped by load balancers while refusing clients that ping abusively.
+Message size follows --max-body-mb (larger calls: RESOURCE_EXHAUSTED, from gRPC itself);
+--max-connections bounds both the concurrent calls and the open connections (one past it
+is closed as it comes), and a connection that has not set up HTTP/2 within
+--header-timeout-s is closed, so idle sockets cannot use up the process's open files; and
+keepalive keeps idle connections from being silently dropped by load balancers while
+refusing clients that ping abusively.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class GrpcTransport:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS),
             ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_allowed_incoming_connections", settings.max_connections),
+            ("grpc.server_handshake_timeout_ms", max(1, int(settings.header_timeout_s * 1000))),
             # several worker processes share the port; one process must own it alone
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ]
