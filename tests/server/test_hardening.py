@@ -338,6 +338,28 @@ def test_a_request_that_is_not_http_is_a_400_with_a_v2_body(
     still_serves(hardened)
 
 
+@pytest.mark.parametrize(
+    ("repeated", "field"),
+    [
+        ([("inference-header-content-length", "5")], "inference-header-content-length"),
+        ([("content-encoding", "identity")], "content-encoding"),
+    ],
+)
+def test_a_framing_field_given_twice_is_a_400(
+    hardened: str, repeated: list[tuple[str, str]], field: str
+) -> None:
+    """Two values for how to read the body: a proxy may have read one and torchrig the
+    other, so neither is guessed (as HTTP parsers refuse two Content-Lengths)."""
+    fields = [("content-type", "application/json"), *repeated, *repeated, ("x-note", "a")]
+    if field == "inference-header-content-length":
+        fields[2] = (field, str(len(GOOD)))
+    response = httpx.post(f"{hardened}/v2/models/ranker/infer", content=GOOD, headers=fields)
+    v2_error(response, 400, f"2 {field} header fields")
+    # other fields may repeat
+    fine = [("content-type", "application/json"), ("x-note", "a"), ("x-note", "b")]
+    assert httpx.post(f"{hardened}/v2/models/ranker/infer", content=GOOD, headers=fine).is_success
+
+
 def test_expect_100_continue_is_answered_before_the_body_is_sent(hardened: str) -> None:
     parts = urlsplit(hardened)
     body = GOOD

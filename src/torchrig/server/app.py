@@ -190,6 +190,22 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
+FRAMING_FIELDS = (b"inference-header-content-length", b"content-encoding")
+
+
+def _refuse_repeated_framing(raw: list[tuple[bytes, bytes]]) -> None:
+    """A field that says how to read the body, given twice (a proxy may have read the
+    first, `_headers` keeps the last): InvalidInput, as HTTP parsers do for
+    Content-Length. Called only when some field name repeats."""
+    names = [name.lower() for name, _ in raw]
+    for framing in FRAMING_FIELDS:
+        if names.count(framing) > 1:
+            raise InvalidInput(
+                f"the request has {names.count(framing)} {framing.decode()} header fields; "
+                "send it once"
+            )
+
+
 class V2App:
     """ASGI application: `V2App(state)`; lifespan startup/shutdown run `state.lifespan_hooks`."""
 
@@ -486,6 +502,8 @@ class V2App:
                 raise QueueFull(
                     "the server is shutting down; retry on another replica", retry_after_s=1.0
                 )
+            if len(headers) != len(scope["headers"]):  # a field name repeats
+                _refuse_repeated_framing(scope["headers"])
             peer = PeerAccess(state.shared_memory, http_peer_uid, scope)
             served, request = await self._decode(model, version, headers, receive, peer.read)
             timeline.decoded_ns = time.monotonic_ns()
