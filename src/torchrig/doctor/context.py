@@ -132,6 +132,21 @@ def machine(snapshot: Snapshot) -> str:
     return host_arch(snapshot.os.machine)
 
 
+def on_wsl(snapshot: Snapshot) -> bool:
+    """Whether this is Linux under WSL2 (kernel release "...-microsoft-standard-WSL2"):
+    the GPU belongs to the Windows host's driver, reached through /dev/dxg and
+    /usr/lib/wsl/lib, with Windows driver version numbers."""
+    release = snapshot.os.release.lower()
+    return snapshot.os.system == "Linux" and ("microsoft" in release or "wsl" in release)
+
+
+WSL_DRIVER_FIX = (
+    "on WSL2 the GPU driver is the Windows host's: install or update the NVIDIA driver on "
+    "Windows (not a Linux driver inside WSL), run `wsl --update` and `wsl --shutdown`, and "
+    "check that `ldconfig -p | grep libcuda` lists /usr/lib/wsl/lib/libcuda.so.1"
+)
+
+
 def jetson_gpus(snapshot: Snapshot) -> list[GpuFacts]:
     """The integrated Jetson GPUs (Orin, Thor) of the snapshot."""
     platforms = load_platforms()

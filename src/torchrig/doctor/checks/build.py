@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from torchrig import compat
-from torchrig.doctor.context import gpu_models_text, jetson_gpus, result, skip, visible_gpus
+from torchrig.doctor.context import (
+    WSL_DRIVER_FIX,
+    gpu_models_text,
+    jetson_gpus,
+    on_wsl,
+    result,
+    skip,
+    visible_gpus,
+)
 from torchrig.doctor.cuda_errors import describe_cause, explain
 from torchrig.doctor.model import CheckContext, CheckResult, Status
 from torchrig.doctor.suggest import suggest_build
@@ -70,6 +78,23 @@ def check_torch_build(ctx: CheckContext) -> list[CheckResult]:
     return [result("torch.build", "ok", f"CUDA {torch.cuda} build{known}")]
 
 
+# failures whose usual fix (reboot the node, the container toolkit, a Linux driver) is, on
+# WSL2, the Windows host's driver
+WSL_DRIVER_CAUSES = frozenset(
+    {
+        "driver-library-mismatch",
+        "torch-driver-too-old",
+        "torch-no-driver",
+        "torch-init-failed",
+        "torch-unknown-error",
+        "driver-insufficient",
+        "no-device",
+        "unknown-error",
+        "initialization",
+    }
+)
+
+
 def check_cuda_init(ctx: CheckContext) -> list[CheckResult]:
     snap = ctx.snapshot
     torch = snap.torch
@@ -96,14 +121,17 @@ def check_cuda_init(ctx: CheckContext) -> list[CheckResult]:
         return [result("torch.cuda_init", "ok", f"CUDA initialised: {count} device(s)")]
     text = error or "torch.cuda.is_available() is False"
     known = explain(text)
+    wsl = on_wsl(snap)  # the node, container and reboot advice does not apply there
     if known is None:
         return [
             result(
                 "torch.cuda_init",
                 "fail",
                 f"CUDA does not initialise: {text}",
-                "run `python -c 'import torch; torch.cuda.init()'` for the full error; check "
-                "the driver (driver.cuda) and the container's GPU access (gpu.visible)",
+                WSL_DRIVER_FIX
+                if wsl
+                else "run `python -c 'import torch; torch.cuda.init()'` for the full error; "
+                "check the driver (driver.cuda) and the container's GPU access (gpu.visible)",
             )
         ]
     return [
@@ -111,7 +139,7 @@ def check_cuda_init(ctx: CheckContext) -> list[CheckResult]:
             "torch.cuda_init",
             "fail",
             f"CUDA does not initialise: {text} — cause: {describe_cause(known, text)}",
-            known.fix,
+            WSL_DRIVER_FIX if wsl and known.key in WSL_DRIVER_CAUSES else known.fix,
         )
     ]
 

@@ -12,6 +12,7 @@ from torchrig.doctor.context import (
     cuda_build,
     driver_version,
     jetson_gpus,
+    on_wsl,
     per_gpu,
     result,
     skip,
@@ -88,6 +89,8 @@ def check_driver(ctx: CheckContext) -> list[CheckResult]:
     if driver is None:
         return skip("driver.cuda", "no NVIDIA driver found")
     support = compat.driver_support(cuda, driver)
+    if on_wsl(snap):  # a Windows driver: the Linux driver table's numbers do not apply
+        return [_by_reported_cuda(snap, cuda, driver, support, windows=True)]
     if support.status == "ok":
         return [result("driver.cuda", "ok", support.message)]
     if support.status == "minor-compat":
@@ -103,20 +106,42 @@ def check_driver(ctx: CheckContext) -> list[CheckResult]:
 
 
 def _by_reported_cuda(
-    snap: Snapshot, cuda: str, driver: str, support: compat.DriverSupport
+    snap: Snapshot,
+    cuda: str,
+    driver: str,
+    support: compat.DriverSupport,
+    *,
+    windows: bool = False,
 ) -> CheckResult:
+    """Judge the driver by the highest CUDA it reports; `windows`: it is the Windows host's
+    driver of a WSL2 machine, whose version numbers are not Linux's."""
     reported = snap.driver.cuda_version if snap.driver is not None else None
     try:
         have = parse_cuda(reported) if reported else None
     except UnknownVersionError:
         have = None
     need = parse_cuda(cuda)
-    rests = f"CUDA {cuda} has no row in torchrig's driver table: this rests on the driver's report"
+    where = " on Windows" if windows else ""
+    if windows:
+        rests = (
+            f"WSL2: driver {driver} is the Windows host's, whose version numbers differ from "
+            "Linux's: this rests on the driver's report"
+        )
+        driver = f"{driver} (Windows)"
+    else:
+        rests = (
+            f"CUDA {cuda} has no row in torchrig's driver table: this rests on the driver's report"
+        )
     if have is None:
+        problem = (
+            f"WSL2: the Windows driver {driver}"
+            if windows
+            else f"{support.message}, and the driver"
+        )
         return result(
             "driver.cuda",
             "warn",
-            f"{support.message}, and the driver does not report which CUDA it supports",
+            f"{problem} does not report which CUDA it supports",
             f"check driver {driver} against CUDA {cuda}'s minimum in NVIDIA's CUDA Toolkit "
             "Release Notes (Table 3), or run the doctor where NVML answers (nvidia-smi shows "
             "the driver's 'CUDA Version')",
@@ -135,17 +160,19 @@ def _by_reported_cuda(
             f"driver {driver} supports CUDA {reported}, an older major than the build's CUDA "
             f"{cuda}: CUDA calls fail with 'CUDA driver version is insufficient for CUDA "
             f"runtime version' (error 35) ({rests})",
-            f"upgrade the driver to one that supports CUDA {cuda}, or install a torch build "
-            f"for CUDA {have[0]}.x",
+            f"upgrade the driver{where} to one that supports CUDA {cuda}, or install a torch "
+            f"build for CUDA {have[0]}.x",
         )
-    floor = f" (the CUDA {need[0]}.x floor is {support.floor})" if support.floor else ""
+    floor = ""
+    if support.floor and not windows:  # the floor is a Linux driver number
+        floor = f" (the CUDA {need[0]}.x floor is {support.floor})"
     return result(
         "driver.cuda",
         "warn",
         f"driver {driver} supports CUDA {reported}, older than the build's CUDA {cuda} of the "
         f"same major: it runs only under minor-version compatibility{floor}, without PTX JIT "
         f"from the newer toolkit ({rests})",
-        f"upgrade the driver to one that supports CUDA {cuda} or newer",
+        f"upgrade the driver{where} to one that supports CUDA {cuda} or newer",
     )
 
 
@@ -160,6 +187,7 @@ def check_gpu_support(ctx: CheckContext) -> list[CheckResult]:
     if driver is None:
         return skip("driver.gpu_support", "no NVIDIA driver version known")
     platforms = load_platforms()
+    wsl = on_wsl(snap)
 
     def judge(gpu: GpuFacts) -> tuple[Status, str, str | None] | None:
         try:
@@ -174,8 +202,10 @@ def check_gpu_support(ctx: CheckContext) -> list[CheckResult]:
             f"driver {driver} predates the {need.branch} branch, the first that supports "
             f"{need.architecture} GPUs: the driver does not know this GPU, so no torch build "
             "can use it",
-            f"upgrade the driver to the {need.branch} branch or newer (>= {need.min_driver}); "
-            "drain the node first",
+            f"upgrade the NVIDIA driver on Windows to the {need.branch} branch or newer"
+            if wsl  # the Linux minimum's number says nothing of Windows drivers
+            else f"upgrade the driver to the {need.branch} branch or newer "
+            f"(>= {need.min_driver}); drain the node first",
         )
 
     failures = per_gpu("driver.gpu_support", gpus, judge)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torchrig import compat
 from torchrig.doctor.checks.driver import REBOOT_FIX, mismatch_text
 from torchrig.doctor.context import (
+    WSL_DRIVER_FIX,
     GpuVerdict,
     cuda_build,
     cuda_visible_devices,
@@ -14,6 +15,7 @@ from torchrig.doctor.context import (
     human_bytes,
     jetson_gpus,
     machine,
+    on_wsl,
     per_gpu,
     result,
     skip,
@@ -88,7 +90,9 @@ def check_gpu_visible(ctx: CheckContext) -> list[CheckResult]:
                 "gpu.visible",
                 "fail",
                 "no NVIDIA GPU is visible and --require-gpu was given",
-                GPU_ACCESS_FIX
+                WSL_DRIVER_FIX
+                if on_wsl(snap)
+                else GPU_ACCESS_FIX
                 if container.in_container
                 else "run on a node with an NVIDIA GPU and its driver installed",
             )
@@ -263,6 +267,11 @@ def check_persistence(ctx: CheckContext) -> list[CheckResult]:
     gpus = ctx.snapshot.gpus
     if not gpus:
         return skip("gpu.persistence", "no GPU on this machine")
+    if on_wsl(ctx.snapshot):
+        return skip(
+            "gpu.persistence",
+            "WSL2: the Windows driver manages the GPU; Linux's persistence mode does not apply",
+        )
     known = [g for g in gpus if g.persistence_mode is not None]
     if not known:
         return skip("gpu.persistence", "the driver does not report persistence mode")
