@@ -284,3 +284,21 @@ def test_unknown_fields_and_parameters_are_ignored() -> None:
         }
     ).encode()
     assert decode(body).inputs["x"].tolist() == [[1.0, 2.0]]
+
+
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    """RFC 8259 lets a parser ignore it; Windows tools (PowerShell's files) write one."""
+    bom = b"\xef\xbb\xbf"
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.5, 2.5]}]
+    request = decode(bom + json.dumps({"inputs": inputs}).encode())
+    assert request.inputs["x"].tolist() == [1.5, 2.5]
+    body, length = body_of([binary("x", "FP32", [2], 8)], [struct.pack("<2f", 1.5, 2.5)])
+    request = decode(bom + body, header_length=length + len(bom))
+    assert request.inputs["x"].tolist() == [1.5, 2.5]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_json_in_another_unicode_encoding_is_named(encoding: str) -> None:
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.5]}]
+    with pytest.raises(InvalidInput, match="send JSON encoded as UTF-8"):
+        decode(json.dumps({"inputs": inputs}).encode(encoding))

@@ -229,7 +229,12 @@ def _convert_json(
                 raise InvalidInput(f"input {name!r}: {_TOO_DEEP}") from None
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _parse(header: Buffer, *, binary_follows: bool) -> _WireRequest:
+    if header[:3] == _UTF8_BOM:  # RFC 8259 §8.1 lets a parser ignore it; some clients send it
+        header = memoryview(header)[3:]
     try:
         return _DECODER.decode(header)
     except RecursionError:
@@ -240,6 +245,8 @@ def _parse(header: Buffer, *, binary_follows: bool) -> _WireRequest:
         hint = ""
         if binary_follows and "trailing characters" in str(exc):
             hint = " (binary data after the JSON needs an Inference-Header-Content-Length header)"
+        elif b"\x00" in bytes(header[:4]) or header[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = " (it looks like UTF-16 or UTF-32; send JSON encoded as UTF-8)"
         raise InvalidInput(f"the request body is not valid JSON: {exc}{hint}") from None
 
 
