@@ -76,7 +76,7 @@ GPU_MODELS = {
 
 def torch_build(version: str, *, arch_key: str | None = None, **extra: Any) -> TorchFacts:
     variant = version.split("+", 1)[1] if "+" in version else "cpu"
-    if variant == "cpu":
+    if not variant.startswith("cu"):  # cpu, xpu: no CUDA facts
         return TorchFacts(version=version, location=f"{SITE}/torch", num_threads=8, **extra)
     fields: dict[str, Any] = {
         "version": version,

@@ -156,3 +156,14 @@ def test_no_kernel_image_is_said_once_per_message() -> None:
     report = diagnose(load("rtx5090-cu126.json"))
     for res in results(report, "gpu.arch"):
         assert res.message.count("no kernel image is available") == 1, res.message
+
+
+def test_an_intel_xpu_build_is_named_as_such() -> None:
+    on_nvidia = one(diagnose(node(torch="2.9.1+xpu")), "torch.build")
+    assert on_nvidia.status == "fail"
+    assert "is an Intel XPU build (for Intel GPUs) but this machine has 1 NVIDIA GPU" in (
+        on_nvidia.message
+    )
+    alone = one(diagnose(node(torch="2.9.1+xpu", gpu=None)), "torch.build")
+    assert alone.status == "ok"
+    assert alone.message.startswith("Intel XPU build")

@@ -62,6 +62,9 @@ def check_torch_build(ctx: CheckContext) -> list[CheckResult]:
             )
         ]
     if torch.cuda is None:
+        # Intel's XPU wheels (+xpu) have no CUDA either, but are not CPU-only builds
+        xpu = torch.version.partition("+")[2].startswith("xpu")
+        kind = "an Intel XPU build (for Intel GPUs)" if xpu else "a CPU-only build"
         if snap.gpus:
             fix = suggest_build(ctx)
             names = ", ".join(sorted({g.name for g in snap.gpus}))
@@ -69,9 +72,18 @@ def check_torch_build(ctx: CheckContext) -> list[CheckResult]:
                 result(
                     "torch.build",
                     "fail",
-                    f"torch {torch.version} is a CPU-only build but this machine has "
+                    f"torch {torch.version} is {kind} but this machine has "
                     f"{len(snap.gpus)} NVIDIA GPU(s) ({names}){known}",
                     fix or "install a CUDA build of torch from https://download.pytorch.org/whl/",
+                )
+            ]
+        if xpu:
+            return [
+                result(
+                    "torch.build",
+                    "ok",
+                    f"Intel XPU build; no NVIDIA GPU here, and torchrig's GPU checks judge "
+                    f"NVIDIA GPUs only{known}",
                 )
             ]
         return [result("torch.build", "ok", f"CPU-only build on a machine without GPUs{known}")]
