@@ -190,7 +190,13 @@ def _closed_port() -> int:
     ("args", "needle"),
     [
         (("--model", "ranker", "--rate", "5", "-c", "2"), "exclude each other"),
-        (("--model", "ranker", "-c", "0"), "--concurrency '0': give positive numbers"),
+        (("--model", "ranker", "-c", "0"), "--concurrency '0': give positive, finite numbers"),
+        # NaN and infinity: a level or warm-up without end, a rate never met
+        (("--model", "ranker", "--rate", "inf"), "--rate 'inf': give positive, finite numbers"),
+        (("--model", "ranker", "--rate", "5,nan"), "give positive, finite numbers"),
+        (("--model", "ranker", "--duration", "inf"), "--duration must be positive and finite"),
+        (("--model", "ranker", "--timeout", "nan"), "--timeout must be positive and finite"),
+        (("--model", "ranker", "--warmup", "inf"), "--warmup must be >= 0 and finite"),
         (("--model", "nosuch"), "model 'nosuch' is not served at"),
         (("--model", "ranker", "--shape", "dense=7"), "--shape dense=7 does not fit input"),
         (("--model", "ranker", "--shape", "bogus=1"), "its inputs are dense, sparse"),
@@ -202,7 +208,7 @@ def _closed_port() -> int:
 def test_bad_input_is_one_error_line(
     server_url: str, bench: Bench, args: tuple[str, ...], needle: str
 ) -> None:
-    proc = bench(server_url, *args, *SHORT)
+    proc = bench(server_url, *SHORT, *args)  # (the last of a repeated option counts)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.startswith("Error: "), proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr

@@ -166,6 +166,7 @@ def test_missing_from_file(tmp_path: Path) -> None:
     [
         (("--probe-timeout-s", "abc"), "probe-timeout-s"),
         (("--probe-timeout-s", "-1"), "positive"),
+        (("--probe-timeout-s", "nan", "--deep"), "finite"),  # was a ValueError traceback
         (("--min-shm-mb", "0"), "positive"),
         (("--deep", "--from", str(DATA / "h100-cu128-driver570.json")), "cannot be combined"),
         (("--no-such-flag",), "no-such-flag"),

@@ -3,6 +3,7 @@ model's own ceiling per batch size, and the server's share of it when both are g
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,15 +24,18 @@ def _numbers(option: str, value: str, kind: Callable[[str], Any]) -> list[Any]:
         numbers = [kind(part) for part in value.split(",") if part.strip()]
     except ValueError:
         numbers = []
-    if not numbers or any(n <= 0 for n in numbers):
-        raise UsageError(f"{option} {value!r}: give positive numbers, e.g. {option} 1,8,64")
+    if not numbers or any(not 0 < n < math.inf for n in numbers):  # NaN and inf too
+        raise UsageError(f"{option} {value!r}: give positive, finite numbers, e.g. {option} 1,8,64")
     return numbers
 
 
 def _check_positive(**values: float | None) -> None:
     for name, value in values.items():
-        if value is not None and value <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, not {value:g}")
+        # NaN and infinity too: an endless warm-up or level, or a rate never met
+        if value is not None and not 0 < value < math.inf:
+            raise UsageError(
+                f"--{name.replace('_', '-')} must be positive and finite, not {value:g}"
+            )
 
 
 def _check_combinations(
@@ -167,8 +171,8 @@ def bench(
     )
     _check_positive(duration=duration, batch=batch, processes=processes, timeout=timeout)
     _check_positive(max_connections=max_connections)
-    if warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, not {warmup:g}")
+    if not 0 <= warmup < math.inf:
+        raise UsageError(f"--warmup must be >= 0 and finite, not {warmup:g}")
     sizes = _numbers("--batch-sizes", batch_sizes, int) if batch_sizes else None
     levels = _levels(concurrency, rate, arrival)
     overrides = parse_shape_option(shapes)

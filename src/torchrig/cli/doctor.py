@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,8 @@ def doctor(
             render_explanation(explanation)
         return
     settings = load_settings(config_file=config, overrides={"doctor": options}).doctor
-    if settings.probe_timeout_s <= 0:
-        raise UsageError("--probe-timeout-s must be a positive number of seconds.")
+    if not 0 < settings.probe_timeout_s < math.inf:  # NaN too
+        raise UsageError("--probe-timeout-s must be a positive, finite number of seconds.")
     if settings.min_shm_mb <= 0:
         raise UsageError("--min-shm-mb must be a positive number of MiB.")
     if from_file is not None and options.get("deep"):

@@ -6,6 +6,7 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from typing import Any, Literal
@@ -29,6 +30,7 @@ _STEP_PATH = re.compile(r"\$\.(?P<section>preprocess|postprocess)\[(?P<index>\d+
 # beyond these a config.toml is refused with the reason before any of its worker threads
 # (instances per replica) or torch threads (threads per worker) would start
 MAX_INSTANCES = 256
+MAX_QUEUE_DELAY_MS = 10_000.0  # a batch held longer than 10 s for company is a typo
 MAX_THREADS = 1024
 
 
@@ -146,12 +148,17 @@ def _check(config: ModelConfig, origin: str) -> ModelConfig:
     problems: list[str] = []
     if b.max_batch_size < 1:
         problems.append("batching.max_batch_size must be >= 1 (1 turns batching off)")
-    if b.max_queue_delay_ms < 0:
-        problems.append("batching.max_queue_delay_ms must be >= 0")
+    if not 0 <= b.max_queue_delay_ms <= MAX_QUEUE_DELAY_MS:  # NaN too
+        problems.append(
+            f"batching.max_queue_delay_ms must be 0..{MAX_QUEUE_DELAY_MS:g} (0: a batch starts "
+            "as soon as a worker is free)"
+        )
     if b.max_queue_size < 1:
         problems.append("batching.max_queue_size must be >= 1")
-    if b.inline_max_ms < 0:
-        problems.append("batching.inline_max_ms must be >= 0 (0: always a worker thread)")
+    if not 0 <= b.inline_max_ms < math.inf:  # NaN too
+        problems.append(
+            "batching.inline_max_ms must be a finite number >= 0 (0: always a worker thread)"
+        )
     bad_sizes = [s for s in b.preferred_batch_sizes if not 1 <= s <= b.max_batch_size]
     if bad_sizes:
         problems.append(
