@@ -125,6 +125,13 @@ class ServeSettings:
     max_body_mb: float = dataclasses.field(
         default=64.0, metadata=_option("Largest request body accepted (413 beyond).")
     )
+    max_body_buffer_mb: float = dataclasses.field(
+        default=1024.0,
+        metadata=_option(
+            "Request bodies being received at once, in all, at most (503 with Retry-After "
+            "beyond): bounds the memory that many slow or large uploads can hold."
+        ),
+    )
     max_header_kb: float = dataclasses.field(
         default=64.0,
         metadata=_option("Largest request line and header block accepted (431 beyond)."),

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from doubles import until
 from serving import running
 from torchrig.settings import ServeSettings
 
@@ -377,3 +378,41 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(hardened: str) 
             received += chunk
     assert received.startswith(b"HTTP/1.1 200 "), received[:300]
     assert b'"probability"' in received
+
+
+def test_bodies_being_received_at_once_are_bounded_in_bytes(demo_repo: Path) -> None:
+    """--max-body-buffer-mb: while a slow upload holds most of the budget, a large body
+    more is a 503 with Retry-After (small ones pass); once the upload ends, it is served."""
+    settings = ServeSettings(
+        port=0, log_format="text", max_body_mb=1.0, max_body_buffer_mb=1.0, **LIMITS
+    )
+    body = GOOD + b" " * 120_000  # past the 64 KiB that are never counted
+
+    def chunked() -> httpx.Response:  # no Content-Length: held as it arrives
+        parts = iter([body[:40_000], body[40_000:]])
+        return httpx.post(f"{url}/v2/models/ranker/infer", content=parts)
+
+    with running(demo_repo, settings) as (url, _):
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as slow:
+            slow.sendall(
+                b"POST /v2/models/ranker/infer HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\n"
+                b"content-length: 1000000\r\n\r\n"
+            )
+            # the server asks for the body once it holds its place: 0.95 MiB of 1 MiB
+            interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+            assert slow.recv(len(interim), socket.MSG_WAITALL) == interim
+            refused = httpx.post(f"{url}/v2/models/ranker/infer", content=body)
+            v2_error(refused, 503, "--max-body-buffer-mb")
+            assert refused.headers["retry-after"] == "1"
+            v2_error(chunked(), 503, "--max-body-buffer-mb")
+            assert httpx.post(f"{url}/v2/models/ranker/infer", content=GOOD).is_success
+
+        # the slow client went away: its bytes are no longer held
+        def served() -> bool:
+            answer = httpx.post(f"{url}/v2/models/ranker/infer", content=body)
+            return answer.status_code == 200
+
+        until(served, "the large request is served once the slow upload ended")
+        answer = chunked()
+        assert answer.status_code == 200, answer.text

@@ -191,6 +191,10 @@ def test_token_sources(tmp_path: Path) -> None:
     [
         (["--control-mode", "sometimes"], "--control-mode 'sometimes'"),
         (["--poll-interval-s", "0"], "--poll-interval-s must be positive"),
+        # NaN passed "<= 0" and then crashed on int(); infinity was no limit at all
+        (["--max-body-mb", "nan"], "--max-body-mb must be positive and finite (not nan)"),
+        (["--header-timeout-s", "inf"], "--header-timeout-s must be positive and finite"),
+        (["--max-body-buffer-mb", "-1"], "--max-body-buffer-mb must be positive"),
         (["--management-token-file", "/nonexistent/token"], "cannot read the management token"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import socket
 import sys
@@ -62,6 +63,7 @@ def check_settings(settings: ServeSettings) -> None:
         )
     for name in (
         "max_body_mb",
+        "max_body_buffer_mb",
         "max_header_kb",
         "max_headers",
         "header_timeout_s",
@@ -72,8 +74,11 @@ def check_settings(settings: ServeSettings) -> None:
         "drain_timeout_s",
         "poll_interval_s",
     ):
-        if getattr(settings, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive.")
+        value = getattr(settings, name)
+        if not 0 < value < math.inf:  # NaN and infinity too: no size or time is either
+            raise UsageError(
+                f"--{name.replace('_', '-')} must be positive and finite (not {value})."
+            )
     if settings.control_mode not in CONTROL_MODES:
         raise UsageError(
             f"--control-mode {settings.control_mode!r}: use {', '.join(CONTROL_MODES)}."

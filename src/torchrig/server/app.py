@@ -92,6 +92,7 @@ EXTENSIONS = [
     "logging",
 ]
 OFF_LOOP_BYTES = 256 * 1024  # JSON parts from this size on are decoded in a thread
+SMALL_BODY = 64 * 1024  # bodies up to this size do not count against --max-body-buffer-mb
 LARGE_DECODES = 2  # at once per process: bounds the memory of their Python objects
 MODEL = r"(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 REGION = r"(?P<region>[^/]+)"
@@ -212,6 +213,9 @@ class V2App:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.max_body = int(state.settings.max_body_mb * 1024 * 1024)
+        # bytes of request bodies being received now, and their bound (`_hold_body`)
+        self.body_budget = int(state.settings.max_body_buffer_mb * 1024 * 1024)
+        self.receiving = 0
         # request ids: a random per-process prefix and a counter (uuid4 per request costs
         # a system call on the hot path)
         self._id_prefix = secrets.token_hex(4)
@@ -658,9 +662,9 @@ class V2App:
         uncompressed body with binary tensors (an Inference-Header-Content-Length) is
         written straight into one aligned, writable buffer that the decoded tensors view
         (`BodyBuffer`); any other body (JSON, converted anyway; compressed, decompressed
-        anyway) is joined from its chunks."""
+        anyway) is joined from its chunks. While it arrives, a body past `SMALL_BODY`
+        counts against --max-body-buffer-mb (`_hold_body`)."""
         declared = headers.get("content-length")
-        into: BodyBuffer | None = None
         size: int | None = None
         if declared is not None:
             size = strict_decimal(declared, "Content-Length")
@@ -669,6 +673,33 @@ class V2App:
                     f"request body of {size} bytes exceeds the limit of {self.max_body} bytes "
                     "(serve --max-body-mb)"
                 )
+        held = [self._hold_body(size) if size is not None and size > SMALL_BODY else 0]
+        try:
+            return await self._receive_body(headers, receive, size, held)
+        finally:
+            self.receiving -= held[0]
+
+    def _hold_body(self, size: int) -> int:
+        """Count `size` more bytes of bodies being received, or refuse the request (503)
+        if that would pass --max-body-buffer-mb while others are received: many slow or
+        large uploads at once cannot hold unbounded memory. One body alone always may."""
+        if self.receiving and self.receiving + size > self.body_budget:
+            raise QueueFull(
+                f"the server is receiving {self.receiving / 2**20:.1f} MiB of request bodies "
+                f"already; {size / 2**20:.1f} MiB more would pass its limit of "
+                f"{self.body_budget / 2**20:g} MiB (serve --max-body-buffer-mb): retry",
+                retry_after_s=1.0,
+            )
+        self.receiving += size
+        return size
+
+    async def _receive_body(
+        self, headers: dict[str, str], receive: Receive, size: int | None, held: list[int]
+    ) -> Buffer:
+        """`_read_body` once the declared size is checked (and held: `held[0]`, which grows
+        as a body without a Content-Length arrives)."""
+        into: BodyBuffer | None = None
+        if size is not None:
             json_part = header_length(headers)
             # only binary tensors are viewed in place; JSON data (and a compressed body)
             # is converted or decompressed anyway, so its chunks are simply joined
@@ -696,6 +727,8 @@ class V2App:
                 raise PayloadTooLarge(
                     f"request body exceeds the limit of {self.max_body} bytes (serve --max-body-mb)"
                 )
+            if size is None and total > SMALL_BODY:  # no Content-Length: held as it comes
+                held[0] += self._hold_body(len(chunk))
             if into is not None:
                 into.write(chunk)
             else:
