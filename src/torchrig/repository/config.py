@@ -30,7 +30,7 @@ _STEP_PATH = re.compile(r"\$\.(?P<section>preprocess|postprocess)\[(?P<index>\d+
 # beyond these a config.toml is refused with the reason before any of its worker threads
 # (instances per replica) or torch threads (threads per worker) would start
 MAX_INSTANCES = 256
-MAX_QUEUE_DELAY_MS = 10_000.0  # a batch held longer than 10 s for company is a typo
+MAX_QUEUE_DELAY_MS = 600_000.0  # 10 min, twice the default cap on a request timeout; inf: a typo
 MAX_THREADS = 1024
 
 

@@ -713,6 +713,8 @@ class V2App:
                 raise PayloadTooLarge(
                     f"request body exceeds the limit of {self.max_body} bytes (serve --max-body-mb)"
                 )
+            if size is None and len(whole) > SMALL_BODY:  # held as it would be in chunks
+                held[0] += self._hold_body(len(whole))
             if size is not None:
                 check_length(len(whole), size)
             return whole
