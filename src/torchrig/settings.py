@@ -128,8 +128,9 @@ class ServeSettings:
     max_body_buffer_mb: float = dataclasses.field(
         default=1024.0,
         metadata=_option(
-            "Request bodies being received at once, in all, at most (503 with Retry-After "
-            "beyond): bounds the memory that many slow or large uploads can hold."
+            "Request bodies being received at once, in all, per server process, at most "
+            "(503 with Retry-After beyond): bounds the memory that many slow or large uploads "
+            "can hold."
         ),
     )
     max_header_kb: float = dataclasses.field(
