@@ -38,6 +38,8 @@ class KnownCudaError:
     source: str = _RUNTIME
     verified: bool = True
     related_checks: tuple[str, ...] = ()
+    # the fix lies with the host's GPU driver (on WSL2: the Windows driver, not the node's)
+    host_driver: bool = False
 
 
 KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
@@ -58,6 +60,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         "Driver/library version mismatch'; " + _RUNTIME + " cudaErrorSystemDriverMismatch (803)",
         False,
         ("driver.userspace_match",),
+        host_driver=True,
     ),
     KnownCudaError(
         "torch-driver-too-old",
@@ -68,6 +71,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         _C10 + ": 'The NVIDIA driver on your system is too old (found version N)'",
         True,
         ("driver.cuda", "driver.gpu_support"),
+        host_driver=True,
     ),
     KnownCudaError(
         "torch-no-driver",
@@ -78,6 +82,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         _C10 + ": 'Found no NVIDIA driver on your system'",
         True,
         ("driver.userspace_match", "gpu.visible"),
+        host_driver=True,
     ),
     KnownCudaError(
         "torch-no-gpus",
@@ -110,6 +115,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         _C10 + ": 'CUDA driver initialization failed, you might not have a CUDA gpu.'",
         True,
         ("driver.userspace_match", "gpu.visible"),
+        host_driver=True,
     ),
     KnownCudaError(
         "torch-unknown-error",
@@ -121,6 +127,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         _C10 + ": 'CUDA unknown error - this may be due to an incorrectly set up environment'",
         True,
         ("driver.userspace_match",),
+        host_driver=True,
     ),
     KnownCudaError(
         "torch-forked",
@@ -146,6 +153,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         "upgrade the node's driver to the minimum for the build's CUDA major, or install a "
         "torch build for an older CUDA (see driver.cuda)",
         related_checks=("driver.cuda", "driver.gpu_support"),
+        host_driver=True,
     ),
     KnownCudaError(
         "forward-compat-unsupported",
@@ -171,6 +179,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         "start the container with --gpus all (NVIDIA container toolkit) or request "
         "nvidia.com/gpu in the pod's resources; check CUDA_VISIBLE_DEVICES",
         related_checks=("gpu.cuda_visible_devices", "gpu.visible"),
+        host_driver=True,
     ),
     KnownCudaError(
         "no-kernel-image",
@@ -195,6 +204,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         "without reboot, or a missing nvidia-uvm module)",
         "reload the nvidia_uvm kernel module or reboot the node; check dmesg for Xid errors",
         related_checks=("driver.userspace_match",),
+        host_driver=True,
     ),
     KnownCudaError(
         "initialization",
@@ -204,6 +214,7 @@ KNOWN_ERRORS: tuple[KnownCudaError, ...] = (
         "use the 'spawn' start method for workers that use CUDA; make sure the container's "
         "libcuda comes from the host driver (NVIDIA container toolkit)",
         related_checks=("driver.userspace_match",),
+        host_driver=True,
     ),
     KnownCudaError(
         "nccl-shm",

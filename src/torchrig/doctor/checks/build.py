@@ -90,23 +90,6 @@ def check_torch_build(ctx: CheckContext) -> list[CheckResult]:
     return [result("torch.build", "ok", f"CUDA {torch.cuda} build{known}")]
 
 
-# failures whose usual fix (reboot the node, the container toolkit, a Linux driver) is, on
-# WSL2, the Windows host's driver
-WSL_DRIVER_CAUSES = frozenset(
-    {
-        "driver-library-mismatch",
-        "torch-driver-too-old",
-        "torch-no-driver",
-        "torch-init-failed",
-        "torch-unknown-error",
-        "driver-insufficient",
-        "no-device",
-        "unknown-error",
-        "initialization",
-    }
-)
-
-
 def check_cuda_init(ctx: CheckContext) -> list[CheckResult]:
     snap = ctx.snapshot
     torch = snap.torch
@@ -151,7 +134,7 @@ def check_cuda_init(ctx: CheckContext) -> list[CheckResult]:
             "torch.cuda_init",
             "fail",
             f"CUDA does not initialise: {text} — cause: {describe_cause(known, text)}",
-            WSL_DRIVER_FIX if wsl and known.key in WSL_DRIVER_CAUSES else known.fix,
+            WSL_DRIVER_FIX if wsl and known.host_driver else known.fix,
         )
     ]
 
